@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   runs the main job
+#   make test   runs every test and every notebook (nbval)
+# Override the torch build for a GPU, e.g.  make TORCH=torch==2.13.0 TRITON=triton==3.9.0 test
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+TRITON ?= triton==3.9.0
+GOLDEN ?= ../shared/golden
+BIN    := $(VENV)/bin
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HART_EDU_GOLDEN := $(abspath $(GOLDEN))
+
+.PHONY: setup test test-py test-nb demo parity clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)" "$(TRITON)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: test-py test-nb
+
+test-py: setup
+	$(BIN)/python -m pytest tests
+
+test-nb: setup
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+demo: setup
+	$(BIN)/python -m hart_edu demo --out demo.png
+
+parity: setup
+	$(BIN)/python -m hart_edu.parity $(GOLDEN)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

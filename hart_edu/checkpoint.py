@@ -1,0 +1,189 @@
+"""Safe, strict loading of checkpoints in the official HART layout.
+
+The released repository (mit-han-lab/hart-0.7b-1024px) stores Hugging Face style folders:
+
+    tokenizer/config.json + pytorch_model.bin            (keys vae.*, and training-only disc.*)
+    llm/config.json + pytorch_model.bin + ema_model.bin  (HARTForT2I)
+
+This module is the one place that turns such a folder into (config dict, state dict):
+
+* weights are read with safetensors or ``torch.load(..., weights_only=True)``, so a pickle
+  that tries to run code is refused;
+* configs are plain dicts; each model file turns them into its own dataclass with
+  :func:`config_from_dict`, which rejects keys it does not know;
+* :func:`check_state_dict` compares a state dict with what a model expects and raises one
+  :class:`CheckpointError` that names every missing, unexpected and mis-shaped key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "read_config",
+    "find_weight_file",
+    "load_weight_file",
+    "check_state_dict",
+    "config_from_dict",
+    "config_to_dict",
+]
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+# Keys that transformers' save_pretrained writes into every config.json; they describe the
+# file, not the model, so every config accepts and ignores them.
+HF_META_KEYS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "torch_dtype",
+        "dtype",
+        "transformers_version",
+        "auto_map",
+        "return_dict",
+        "output_hidden_states",
+        "output_attentions",
+        "use_return_dict",
+        "is_encoder_decoder",
+        "tie_word_embeddings",
+    }
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder, config or state dict that does not fit the model."""
+
+
+def read_config(folder: str | Path, model_type: str) -> dict[str, Any]:
+    """Read ``folder/config.json`` and check its ``model_type``.
+
+    Raises :class:`CheckpointError` for a missing folder or file, bad JSON, or a config that
+    belongs to another model (``model_type`` other than the one asked for).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no config.json in {folder}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    found = config.get("model_type")
+    if found != model_type:
+        raise CheckpointError(
+            f"{path} has model_type {found!r}, expected {model_type!r}: is this the right folder?"
+        )
+    return config
+
+
+def find_weight_file(folder: str | Path, names: Iterable[str] = WEIGHT_FILES) -> Path:
+    """The first of ``names`` present in ``folder`` (safetensors is preferred)."""
+    folder = Path(folder)
+    names = tuple(names)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"no weight file in {folder}: looked for {', '.join(names)}")
+
+
+def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict on the CPU, never executing pickled code.
+
+    ``.safetensors`` goes through safetensors; anything else through
+    ``torch.load(weights_only=True)``. A truncated or corrupted file raises
+    :class:`CheckpointError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weight file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # the loaders raise many types; all mean "unusable file"
+        raise CheckpointError(f"cannot read weights from {path}: {err}") from err
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    return dict(state)
+
+
+def _listing(keys: Iterable[str], limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Size | tuple[int, ...]],
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    optional: Iterable[str] = (),
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly the ``expected`` keys and shapes.
+
+    ``optional`` names keys that may be absent from ``state`` (a model may leave out
+    buffers it can rebuild). The message lists every problem at once, not only the first.
+    """
+    optional = set(optional)
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected]
+    bad_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    if bad_shape:
+        problems.append(f"wrong shapes ({len(bad_shape)}): " + "; ".join(bad_shape[:12]))
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
+
+
+C = TypeVar("C")
+
+
+def config_from_dict(cls: type[C], raw: Mapping[str, Any], *, source: str) -> C:
+    """Build the config dataclass ``cls`` from a config.json dict.
+
+    Keys missing from ``raw`` take the dataclass defaults (which mirror the official class
+    defaults); transformers' bookkeeping keys and keys starting with ``_`` are ignored;
+    any other unknown key is an error that names it. Lists become tuples.
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields and k not in HF_META_KEYS and not k.startswith("_")]
+    if unknown:
+        raise CheckpointError(f"{source}: unsupported config option(s): {_listing(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: {err}") from err
+
+
+def config_to_dict(config: Any, model_type: str, architecture: str) -> dict[str, Any]:
+    """The config.json dict for a config dataclass, in the official layout."""
+    out: dict[str, Any] = {"architectures": [architecture], "model_type": model_type}
+    for key, value in dataclasses.asdict(config).items():
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out

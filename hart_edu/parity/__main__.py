@@ -1,0 +1,50 @@
+"""``python -m hart_edu.parity DIR`` and ``python -m hart_edu.parity --manifest FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hart_edu.parity import format_table, run_parity, summary_line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hart_edu.parity",
+        description="Recompute the official HART golden tensors with hart_edu and compare them.",
+    )
+    parser.add_argument("golden_dir", nargs="?", help="folder with tiny-golden.json, "
+                        "tiny-golden.safetensors and tiny-official/ (e.g. ../shared/golden)")
+    parser.add_argument("--manifest", metavar="FILE",
+                        help="instead: compare the released architecture, built on the meta "
+                             "device, with manifest-hart-0.7b-1024px.json")
+    args = parser.parse_args(argv)
+    if (args.golden_dir is None) == (args.manifest is None):
+        parser.error("give either a golden folder or --manifest FILE")
+
+    if args.manifest is not None:
+        from hart_edu.parity.manifest import check_manifest, format_manifest
+
+        try:
+            results = check_manifest(args.manifest)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(format_manifest(results))
+        return 0 if all(r.ok for r in results) else 1
+
+    try:
+        checks, errors = run_parity(args.golden_dir)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(checks))
+    for err in errors:
+        print(f"producer error: {err}")
+    print(summary_line(checks))
+    bad = [c for c in checks if c.status == "MISMATCH"]
+    return 1 if bad or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
