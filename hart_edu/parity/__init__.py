@@ -35,6 +35,7 @@ __all__ = ["Golden", "Check", "PRODUCERS", "tolerance_for", "compare", "run_pari
 # Producers are imported lazily so that one broken part cannot hide the others' results.
 PRODUCERS: list[tuple[str, str]] = [
     ("tokenizer", "hart_edu.parity.tokenizer:produce"),
+    ("text encoder", "hart_edu.parity.text:produce"),
 ]
 
 FLOAT_ATOL = 1e-4

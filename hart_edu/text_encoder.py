@@ -1,0 +1,367 @@
+"""HART's text encoding: prompts -> context tokens for the image transformer.
+
+HART does not learn a text encoder. It runs a frozen language model (Qwen2-1.5B-Instruct in
+the release) over each prompt and hands the model's last hidden state, one vector per token,
+to the image transformer as its *context*. This module reproduces the official
+``hart.utils.encode_prompts`` exactly, as ``sample.py`` calls it (``AutoModel`` + ``AutoTokenizer``,
+``max_token_length=300``, the official system prompt switched on).
+
+The steps, for B prompts, a length budget T (``max_length``) and the pad id p:
+
+1. Tokenize every prompt on its own and cut it to at most T ids (the official tokenizer call
+   uses ``truncation=True``; we also warn). Pad each row *on the right* with p up to T::
+
+       tokens_BT[b] = (t_1, ..., t_n, p, ..., p)                      n <= T
+
+2. The context mask is "not a pad id" (computed from the ids, not the tokenizer's mask)::
+
+       mask_BT = (tokens_BT != p)
+
+3. The context position ids count the real tokens, and stay at the last one on the padding::
+
+       position_ids_BT = cumsum_t(mask_BT) - 1          -> 0, 1, ..., n-1, n-1, ..., n-1
+
+4. Optionally, the same S system-prompt ids s_S (S <= T) are put in front of every row; they
+   are always attended::
+
+       input_B(S+T)   = [s_S      ; tokens_BT]
+       attend_B(S+T)  = [1_S      ; mask_BT  ]
+
+5. Run the text model and keep the hidden state after its final norm, minus the system part,
+   as float32::
+
+       context_BTD = float32( text_model(input, attend).last_hidden_state[:, S:] )
+
+Details that matter for exact parity (see also the golden README, "Surprises"):
+
+* The returned position ids ignore the system prompt (they start at 0 on the prompt), while
+  the text model itself saw the prompt at positions S, S+1, ...
+* The system prompt must not be longer than T: the official code slices its all-ones mask
+  from a T-wide tensor, so a longer system prompt breaks it. We raise a clear error instead.
+  (With a real tokenizer the official call truncates the system prompt to T; we do the same
+  and warn.)
+* Padded positions are *not* zeroed: their hidden states are whatever the model computes
+  there (with a causal model: attention over the real tokens before them), and the image
+  transformer does see them.
+* The official code reads ``hidden_states[-1]`` (with ``output_hidden_states=True``); for
+  Qwen2 and BERT-like encoders that is the same tensor as ``last_hidden_state`` (after the
+  final norm), which is what we read.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = [
+    "HART_SYSTEM_PROMPT",
+    "DEFAULT_MAX_LENGTH",
+    "TextEncoding",
+    "TextEncoder",
+    "load_text_model",
+    "pad_token_ids",
+    "context_mask",
+    "context_position_ids",
+    "encode_token_ids",
+    "encode_id_lists",
+]
+
+# The official system prompt (hart/utils/constants.py, ``llm_system_prompt``), a data constant.
+# It ends with "User Prompt:" and a newline character.
+HART_SYSTEM_PROMPT = (
+    'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual '
+    "descriptions suitable for image generation.\n"
+    "\n"
+    "Examples:\n"
+    "- User Prompt: A cat sleeping -> A small, fluffy white cat curled up in a round shape, "
+    "sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.\n"
+    "- User Prompt: A busy city street -> A bustling city street scene at dusk, featuring "
+    "glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker "
+    "bus passing by towering glass skyscrapers.\n"
+    "\n"
+    "Please generate only the enhanced description for the prompt below and DO NOT include any "
+    'additional sentences. Start your response with "Enhanced Prompt:".\n'
+    "\n"
+    "User Prompt:\n"
+)
+
+# sample.py's --max_token_length default.
+DEFAULT_MAX_LENGTH = 300
+
+
+class TextEncoding(NamedTuple):
+    """The encoded prompts, as ``encode_prompts`` returns them (B prompts, T = max_length)."""
+
+    context_BTD: torch.Tensor  # float32 last hidden state of the text model, D = hidden size
+    mask_BT: torch.Tensor  # bool, True on real tokens (tokens != pad id)
+    position_ids_BT: torch.Tensor  # int64, cumsum(mask) - 1
+    tokens_BT: torch.Tensor  # int64 token ids, right-padded with the pad id
+
+
+# --------------------------------------------------------------------------------------------
+# The steps, one function each
+# --------------------------------------------------------------------------------------------
+
+
+def pad_token_ids(
+    ids_per_prompt: Sequence[Sequence[int]],
+    max_length: int,
+    pad_token_id: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Right-pad B id lists with ``pad_token_id`` to ``max_length`` -> ``tokens_BT`` (int64).
+
+    A list longer than ``max_length`` is cut to its first ``max_length`` ids, with a warning
+    (the official tokenizer call truncates silently).
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    if len(ids_per_prompt) == 0:
+        raise ValueError("no prompts: ids_per_prompt is empty")
+    tokens_BT = torch.full((len(ids_per_prompt), max_length), pad_token_id, dtype=torch.int64, device=device)
+    for b, ids in enumerate(ids_per_prompt):
+        ids = list(ids)
+        if len(ids) > max_length:
+            warnings.warn(
+                f"prompt {b} has {len(ids)} tokens, more than max_length={max_length}: "
+                f"it is truncated to its first {max_length} tokens",
+                stacklevel=2,
+            )
+            ids = ids[:max_length]
+        tokens_BT[b, : len(ids)] = torch.tensor(ids, dtype=torch.int64, device=device)
+    return tokens_BT
+
+
+def context_mask(tokens_BT: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """mask_BT = (tokens_BT != p): the official mask is derived from the pad id."""
+    return tokens_BT != pad_token_id
+
+
+def context_position_ids(mask_BT: torch.Tensor) -> torch.Tensor:
+    """position_ids_BT = cumsum_t(mask_BT) - 1 (int64): 0..n-1 on the tokens, n-1 on the padding."""
+    return torch.cumsum(mask_BT.long(), dim=1) - 1
+
+
+def encode_token_ids(
+    text_model: torch.nn.Module,
+    tokens_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    system_ids_S: torch.Tensor | None = None,
+) -> TextEncoding:
+    """Run the text model on already padded ids: the core of the official ``encode_prompts``.
+
+    ``tokens_BT``: int64 ids, right-padded to T. ``mask_BT``: which entries are real tokens
+    (bool, or integer 0/1). ``system_ids_S``: optional system-prompt ids, put in front of every
+    row and always attended; S must not exceed T. The text model runs without gradients (HART
+    keeps it frozen) on the device its weights are on; the inputs must already be there.
+    """
+    if tokens_BT.ndim != 2 or tokens_BT.dtype != torch.int64:
+        raise ValueError(f"tokens_BT must be a 2-D int64 tensor, got {tuple(tokens_BT.shape)} {tokens_BT.dtype}")
+    if tuple(mask_BT.shape) != tuple(tokens_BT.shape):
+        raise ValueError(f"mask_BT has shape {tuple(mask_BT.shape)}, tokens_BT {tuple(tokens_BT.shape)}")
+    if mask_BT.is_floating_point():
+        raise ValueError(f"mask_BT must be bool or integer 0/1, got {mask_BT.dtype}")
+    mask_BT = mask_BT.bool()
+    model_device = next(text_model.parameters()).device
+    if tokens_BT.device != model_device or mask_BT.device != model_device:
+        raise ValueError(
+            f"the text model is on {model_device} but tokens_BT/mask_BT are on "
+            f"{tokens_BT.device}/{mask_BT.device}: move them there first"
+        )
+    B, T = tokens_BT.shape
+
+    if system_ids_S is None:
+        S = 0
+        input_BL, attend_BL = tokens_BT, mask_BT  # L = T
+    else:
+        if system_ids_S.ndim != 1 or system_ids_S.dtype != torch.int64:
+            raise ValueError(
+                f"system_ids_S must be a 1-D int64 tensor, got {tuple(system_ids_S.shape)} {system_ids_S.dtype}"
+            )
+        S = system_ids_S.shape[0]
+        if S > T:
+            raise ValueError(
+                f"the system prompt has {S} tokens, more than max_length={T}: the official "
+                f"encode_prompts slices its mask from a max_length-wide tensor, so it must not "
+                f"be longer (shorten it or raise max_length)"
+            )
+        # input = [s_S ; tokens_BT], attend = [1_S ; mask_BT]   (L = S + T)
+        system_ids_BS = system_ids_S.to(model_device).unsqueeze(0).expand(B, S)
+        input_BL = torch.cat([system_ids_BS, tokens_BT], dim=1)
+        attend_BL = torch.cat([mask_BT.new_ones(B, S), mask_BT], dim=1)
+
+    with torch.no_grad():
+        # Hugging Face convention for attention_mask: 1 = attend, 0 = padding.
+        output = text_model(input_ids=input_BL, attention_mask=attend_BL.long())
+    hidden_BLD = getattr(output, "last_hidden_state", None)
+    if hidden_BLD is None:
+        raise TypeError(
+            f"{type(text_model).__name__} returned no last_hidden_state: load the text encoder "
+            f"with AutoModel (the base model), not a model with a language-modelling head"
+        )
+    # The official code casts the (possibly bf16) hidden state to float32.
+    context_BTD = hidden_BLD[:, S:].float()
+    return TextEncoding(
+        context_BTD=context_BTD,
+        mask_BT=mask_BT,
+        position_ids_BT=context_position_ids(mask_BT),
+        tokens_BT=tokens_BT,
+    )
+
+
+def encode_id_lists(
+    text_model: torch.nn.Module,
+    ids_per_prompt: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    system_ids: Sequence[int] | torch.Tensor | None = None,
+) -> TextEncoding:
+    """Encode prompts given as token id lists (no tokenizer needed): pad, mask, run the model.
+
+    This is ``encode_prompts`` with the tokenizer's job already done: steps 1-5 of the module
+    docstring on the id lists.
+    """
+    device = next(text_model.parameters()).device
+    tokens_BT = pad_token_ids(ids_per_prompt, max_length, pad_token_id, device=device)
+    system_ids_S = None
+    if system_ids is not None:
+        system_ids_S = torch.as_tensor(system_ids, dtype=torch.int64, device=device).reshape(-1)
+    return encode_token_ids(text_model, tokens_BT, context_mask(tokens_BT, pad_token_id), system_ids_S)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, and the tokenizer-backed encoder
+# --------------------------------------------------------------------------------------------
+
+
+def load_text_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """``AutoModel.from_pretrained(folder)`` from local files only, in ``dtype``, in eval mode.
+
+    A Qwen2ForCausalLM checkpoint becomes a Qwen2Model (the base model), as in sample.py. The
+    dtype is explicit: sample.py's transformers (4.4x) loaded float32 by default, while
+    transformers 5 defaults to the checkpoint's own dtype.
+    """
+    import transformers
+    from packaging.version import Version
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no text encoder here (config.json missing): {folder}")
+    # transformers renamed torch_dtype= to dtype= in 4.56.
+    dtype_kwarg = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True, **{dtype_kwarg: dtype})
+    return model.eval()
+
+
+class TextEncoder:
+    """A text model and its tokenizer, encoding prompt strings the way HART's sample.py does.
+
+    >>> encoder = TextEncoder.from_pretrained("Qwen2-1.5B-Instruct")     # doctest: +SKIP
+    >>> enc = encoder(["Crocodile in a sweater."])                         # doctest: +SKIP
+    >>> enc.context_BTD.shape, enc.mask_BT.shape                           # doctest: +SKIP
+    (torch.Size([1, 300, 1536]), torch.Size([1, 300]))
+
+    ``system_prompt=None`` switches the system prompt off (sample.py's
+    ``--use_llm_system_prompt False``). Padding is always on the right: the official position
+    ids ``cumsum(mask) - 1`` assume it. Move the model with ``encoder.to(device)``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        system_prompt: str | None = HART_SYSTEM_PROMPT,
+    ) -> None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "the tokenizer has no pad token: the official encoding needs one "
+                "(mask = tokens != pad id); set tokenizer.pad_token first"
+            )
+        if getattr(tokenizer, "padding_side", "right") != "right":
+            warnings.warn(
+                f"the tokenizer pads on the {tokenizer.padding_side!r}; TextEncoder always pads "
+                f"on the right (the official position ids assume right padding)",
+                stacklevel=2,
+            )
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.system_prompt = system_prompt
+        # Tokenized once; the official code uses it unpadded, cut to max_length.
+        self.system_ids = None if system_prompt is None else self._tokenize(system_prompt, "the system prompt")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        system_prompt: str | None = HART_SYSTEM_PROMPT,
+        *,
+        tokenizer_folder: str | Path | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> "TextEncoder":
+        """AutoModel + AutoTokenizer from local folders (the tokenizer from ``folder`` unless
+        ``tokenizer_folder`` is given), like sample.py's ``--text_model_path``."""
+        from transformers import AutoTokenizer
+
+        tokenizer_folder = Path(folder if tokenizer_folder is None else tokenizer_folder)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(
+                f"no usable tokenizer in {tokenizer_folder} ({err}); pass tokenizer_folder=, or use "
+                f"load_text_model + encode_id_lists to encode token ids without a tokenizer"
+            ) from err
+        return cls(load_text_model(folder, dtype), tokenizer, max_length, system_prompt)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> "TextEncoder":
+        self.model.to(device)
+        return self
+
+    def _tokenize(self, text: str, what: str) -> list[int]:
+        """The official tokenizer call (special tokens as the tokenizer adds them, cut to
+        max_length by the tokenizer itself), with a warning when it cuts."""
+        full_ids = self.tokenizer(text)["input_ids"]
+        if len(full_ids) <= self.max_length:
+            return list(full_ids)
+        warnings.warn(
+            f"{what} has {len(full_ids)} tokens, more than max_length={self.max_length}: "
+            f"it is truncated (as the official tokenizer call does)",
+            stacklevel=3,
+        )
+        return list(self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"])
+
+    def encode(self, prompts: Sequence[str]) -> TextEncoding:
+        """Encode B prompt strings -> :class:`TextEncoding` with T = max_length."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not one string: use [prompt]")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompts: the prompt list is empty")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt {i} is a {type(prompt).__name__}, not a string: {prompt!r}")
+        ids_per_prompt = [self._tokenize(p, f"prompt {i}") for i, p in enumerate(prompts)]
+        return encode_id_lists(
+            self.model,
+            ids_per_prompt,
+            pad_token_id=self.tokenizer.pad_token_id,
+            max_length=self.max_length,
+            system_ids=self.system_ids,
+        )
+
+    __call__ = encode
