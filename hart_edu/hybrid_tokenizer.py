@@ -316,13 +316,17 @@ class HybridTokenizer(nn.Module):
         model.load_state_dict(ours, strict=True)
         return model.eval()
 
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our state dict under the official key names (``vae.*``, ``vae.quantize.*``)."""
+        return {_official_key(k): v for k, v in self.state_dict().items()}
+
     def save_pretrained(self, folder: str | Path) -> None:
         """Write config.json + model.safetensors in the official layout (keys ``vae.*``)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {_official_key(k): v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.official_state_dict().items()}
         save_file(state, str(folder / "model.safetensors"))
         config = config_to_dict(self.config, MODEL_TYPE, ARCHITECTURE)
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -75,7 +75,7 @@ def check_tokenizer(section: dict[str, Any]) -> ManifestResult:
     config = config_from_dict(TokenizerConfig, section["config_used"], source="manifest tokenizer")
     with torch.device("meta"):
         model = HybridTokenizer(config)
-    ours = {f"vae.{k}": v.shape for k, v in model.state_dict().items()}
+    ours = {k: v.shape for k, v in model.official_state_dict().items()}
     expected = {k: v for k, v in section["state_dict"].items() if k.startswith("vae.")}
     params_ours = sum(p.numel() for p in model.parameters())
     return compare_shapes(
