@@ -36,6 +36,7 @@ __all__ = ["Golden", "Check", "PRODUCERS", "tolerance_for", "compare", "run_pari
 PRODUCERS: list[tuple[str, str]] = [
     ("tokenizer", "hart_edu.parity.tokenizer:produce"),
     ("text encoder", "hart_edu.parity.text:produce"),
+    ("residual diffusion", "hart_edu.parity.diffusion:produce"),
 ]
 
 FLOAT_ATOL = 1e-4
