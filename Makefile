@@ -13,6 +13,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HART_EDU_GOLDEN := $(abspath $(GOLDEN))
+export HART_EDU_REQUIRE_GOLDEN := 1
 
 .PHONY: setup test test-py test-nb demo parity clean
 
