@@ -673,7 +673,9 @@ class ResidualDiffusion(nn.Module):
         ``z_ND = [cond; uncond]`` and uses ``cfg`` as the scale s. Random draws come from
         ``generator`` or, to replay a run, from ``noises``: K + 1 tensors in the official
         order (#0 initial noise (N/2, C) with guidance, (N, C) without; #k = step noise
-        (N, C) for respaced t = K - k). Returns x_0 * vae_scale and the noises used.
+        (N, C) for respaced t = K - k). Generator draws are made on the generator's device
+        and moved to z's: a CPU generator seeded with s gives the numbers the official code
+        draws after ``torch.manual_seed(s)`` on a CPU. Returns x_0 * vae_scale and the draws.
         """
         if z_ND.dim() != 2 or z_ND.shape[1] != self.config.z_channels:
             raise ValueError(f"z must be (N, {self.config.z_channels}), got {tuple(z_ND.shape)}")
@@ -683,38 +685,38 @@ class ResidualDiffusion(nn.Module):
         if use_cfg:
             self._check_cfg_rows(n)
         initial_rows = n // 2 if use_cfg else n
+        shapes = [(initial_rows, c_channels)] + [(n, c_channels)] * k_steps  # official draw order
+        if (generator is None) == (noises is None):
+            raise ValueError("pass exactly one of generator= (a torch.Generator) or noises= (recorded draws)")
         if noises is not None:
             noises = tuple(noises)
-            shapes = [(initial_rows, c_channels)] + [(n, c_channels)] * k_steps
             if len(noises) != len(shapes) or any(tuple(a.shape) != s for a, s in zip(noises, shapes)):
                 raise ValueError(
                     f"noises must be {k_steps + 1} tensors shaped {shapes[0]} then {k_steps} x {shapes[1]}; "
                     f"got {[tuple(a.shape) for a in noises]}"
                 )
-            draw = iter(noises)
+            source = iter(noises)
         else:
-            draws: list[torch.Tensor] = []
+            source = (self._draw(shape, z_ND, generator) for shape in shapes)  # drawn lazily, in order
+        used: list[torch.Tensor] = []
 
-        def next_noise(rows: int) -> torch.Tensor:
-            if noises is not None:
-                return next(draw).to(z_ND.device, z_ND.dtype)
-            drawn = self._draw((rows, c_channels), z_ND, generator)
-            draws.append(drawn)
+        def next_noise() -> torch.Tensor:
+            drawn = next(source).to(z_ND.device, z_ND.dtype)
+            used.append(drawn)
             return drawn
 
-        x_NC = next_noise(initial_rows)
+        x_NC = next_noise()
         if use_cfg:
             x_NC = torch.cat([x_NC, x_NC], dim=0)  # both halves start from the same noise
         cfg_scale = cfg if use_cfg else None
         steps: list[DiffusionStep] = []
         for t in reversed(range(k_steps)):
             t_N = torch.full((n,), t, dtype=torch.int64, device=z_ND.device)
-            noise_NC = next_noise(n)  # drawn at every step, also at t = 0 where it is unused
+            noise_NC = next_noise()  # drawn at every step, also at t = 0 where it is unused
             x_NC, pred_xstart_NC = self.p_sample(x_NC, t_N, z_ND, cfg_scale, temperature, noise=noise_NC)
             if return_steps:
                 steps.append(DiffusionStep(t, int(self.gen_schedule.timestep_map[t]), x_NC, pred_xstart_NC))
-        used = noises if noises is not None else tuple(draws)
-        return DiffusionSample(x_NC * self.vae_scale, x_NC, used, tuple(steps))
+        return DiffusionSample(x_NC * self.vae_scale, x_NC, tuple(used), tuple(steps))
 
     def extra_repr(self) -> str:
         c = self.config

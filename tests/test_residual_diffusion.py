@@ -71,6 +71,25 @@ def test_schedule_arrays_are_float64_and_exact(golden_run):
 
 
 @needs_golden
+def test_sampler_reproduces_the_pipeline_call_of_the_t2i_final0_run(golden_run):
+    """The head alone, fed the z and draws recorded inside the full HART run (cfg 3.6)."""
+    from hart_edu.parity import compare
+    from hart_edu.parity.diffusion import load_head
+
+    golden, _ = golden_run
+    run = "t2i.ema.final0."
+    prefix = run + "noise."
+    names = sorted(golden.names(prefix), key=lambda n: int(n[len(prefix):]))
+    head = load_head(golden)
+    out = head.sample(
+        golden.tensors[run + "diff_z"], cfg=golden.info["t2i_final0_diff_cfg"],
+        noises=[golden.tensors[n] for n in names],
+    )
+    check = compare(run + "diff_out", golden.tensors[run + "diff_out"], out.tokens_NC)
+    assert check.ok, check
+
+
+@needs_golden
 def test_head_keys_are_the_released_official_keys():
     manifest = json.loads((GOLDEN_DIR / "manifest-hart-0.7b-1024px.json").read_text())["transformer_llm"]
     official = {k[len("diffloss."):]: tuple(v["shape"]) for k, v in manifest["state_dict"].items()
@@ -188,8 +207,12 @@ def test_strict_loading_names_the_bad_keys():
 def test_clear_errors_for_bad_input():
     head = tiny_head()
     z = torch.randn(6, 12)
-    with pytest.raises(ValueError, match="generator"):
+    with pytest.raises(ValueError, match="exactly one of generator"):
         head.sample(z, cfg=2.0)
+    with pytest.raises(ValueError, match="exactly one of generator"):
+        head.sample(z, cfg=2.0, generator=torch.Generator(), noises=[])
+    with pytest.raises(ValueError, match="generator"):
+        head.p_sample(torch.randn(6, 4), torch.zeros(6, dtype=torch.long), z)
     with pytest.raises(ValueError, match=r"z must be \(N, 12\)"):
         head.sample(torch.randn(6, 11), cfg=2.0, generator=torch.Generator())
     with pytest.raises(ValueError, match="even"):
