@@ -92,6 +92,15 @@ HART_SYSTEM_PROMPT = (
 # sample.py's --max_token_length default.
 DEFAULT_MAX_LENGTH = 300
 
+# Files of which at least one marks a folder as holding a Hugging Face tokenizer.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+)
+
 
 class TextEncoding(NamedTuple):
     """The encoded prompts, as ``encode_prompts`` returns them (B prompts, T = max_length)."""
@@ -122,7 +131,8 @@ def pad_token_ids(
         raise ValueError(f"max_length must be at least 1, got {max_length}")
     if len(ids_per_prompt) == 0:
         raise ValueError("no prompts: ids_per_prompt is empty")
-    tokens_BT = torch.full((len(ids_per_prompt), max_length), pad_token_id, dtype=torch.int64, device=device)
+    B = len(ids_per_prompt)
+    tokens_BT = torch.full((B, max_length), pad_token_id, dtype=torch.int64, device=device)
     for b, ids in enumerate(ids_per_prompt):
         ids = list(ids)
         if len(ids) > max_length:
@@ -160,18 +170,19 @@ def encode_token_ids(
     keeps it frozen) on the device its weights are on; the inputs must already be there.
     """
     if tokens_BT.ndim != 2 or tokens_BT.dtype != torch.int64:
-        raise ValueError(f"tokens_BT must be a 2-D int64 tensor, got {tuple(tokens_BT.shape)} {tokens_BT.dtype}")
+        raise ValueError(
+            f"tokens_BT must be a 2-D int64 tensor, got {tuple(tokens_BT.shape)} {tokens_BT.dtype}"
+        )
     if tuple(mask_BT.shape) != tuple(tokens_BT.shape):
         raise ValueError(f"mask_BT has shape {tuple(mask_BT.shape)}, tokens_BT {tuple(tokens_BT.shape)}")
     if mask_BT.is_floating_point():
         raise ValueError(f"mask_BT must be bool or integer 0/1, got {mask_BT.dtype}")
     mask_BT = mask_BT.bool()
     model_device = next(text_model.parameters()).device
-    if tokens_BT.device != model_device or mask_BT.device != model_device:
-        raise ValueError(
-            f"the text model is on {model_device} but tokens_BT/mask_BT are on "
-            f"{tokens_BT.device}/{mask_BT.device}: move them there first"
-        )
+    inputs = {"tokens_BT": tokens_BT, "mask_BT": mask_BT, "system_ids_S": system_ids_S}
+    for name, tensor in inputs.items():
+        if tensor is not None and tensor.device != model_device:
+            raise ValueError(f"the text model is on {model_device} but {name} is on {tensor.device}")
     B, T = tokens_BT.shape
 
     if system_ids_S is None:
@@ -180,7 +191,8 @@ def encode_token_ids(
     else:
         if system_ids_S.ndim != 1 or system_ids_S.dtype != torch.int64:
             raise ValueError(
-                f"system_ids_S must be a 1-D int64 tensor, got {tuple(system_ids_S.shape)} {system_ids_S.dtype}"
+                f"system_ids_S must be a 1-D int64 tensor, "
+                f"got {tuple(system_ids_S.shape)} {system_ids_S.dtype}"
             )
         S = system_ids_S.shape[0]
         if S > T:
@@ -190,7 +202,7 @@ def encode_token_ids(
                 f"be longer (shorten it or raise max_length)"
             )
         # input = [s_S ; tokens_BT], attend = [1_S ; mask_BT]   (L = S + T)
-        system_ids_BS = system_ids_S.to(model_device).unsqueeze(0).expand(B, S)
+        system_ids_BS = system_ids_S.unsqueeze(0).expand(B, S)
         input_BL = torch.cat([system_ids_BS, tokens_BT], dim=1)
         attend_BL = torch.cat([mask_BT.new_ones(B, S), mask_BT], dim=1)
 
@@ -254,7 +266,9 @@ def load_text_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> t
         raise FileNotFoundError(f"no text encoder here (config.json missing): {folder}")
     # transformers renamed torch_dtype= to dtype= in 4.56.
     dtype_kwarg = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True, **{dtype_kwarg: dtype})
+    model = transformers.AutoModel.from_pretrained(
+        str(folder), local_files_only=True, **{dtype_kwarg: dtype}
+    )
     return model.eval()
 
 
@@ -292,13 +306,17 @@ class TextEncoder:
                 stacklevel=2,
             )
         if system_prompt is not None and not isinstance(system_prompt, str):
-            raise TypeError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
+            raise TypeError(
+                f"system_prompt must be a string or None, got {type(system_prompt).__name__}"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.system_prompt = system_prompt
         # Tokenized once; the official code uses it unpadded, cut to max_length.
-        self.system_ids = None if system_prompt is None else self._tokenize(system_prompt, "the system prompt")
+        self.system_ids = (
+            None if system_prompt is None else self._tokenize(system_prompt, "the system prompt")
+        )
 
     @classmethod
     def from_pretrained(
@@ -315,6 +333,13 @@ class TextEncoder:
         from transformers import AutoTokenizer
 
         tokenizer_folder = Path(folder if tokenizer_folder is None else tokenizer_folder)
+        # transformers 5 builds an *empty* tokenizer from config.json's model_type when the
+        # folder has no tokenizer files at all, so look for them first.
+        if not any((tokenizer_folder / name).is_file() for name in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {tokenizer_folder}: pass "
+                f"tokenizer_folder=, or use load_text_model + encode_id_lists to encode token ids"
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True)
         except (OSError, ValueError) as err:
@@ -336,6 +361,11 @@ class TextEncoder:
         """The official tokenizer call (special tokens as the tokenizer adds them, cut to
         max_length by the tokenizer itself), with a warning when it cuts."""
         full_ids = self.tokenizer(text)["input_ids"]
+        if text.strip() and not full_ids:
+            raise ValueError(
+                f"the tokenizer turned {what} ({text[:40]!r}) into no tokens at all: "
+                f"is it the right tokenizer?"
+            )
         if len(full_ids) <= self.max_length:
             return list(full_ids)
         warnings.warn(

@@ -31,7 +31,11 @@ def produce(golden: Golden) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for tag, system_ids in (("nosys", None), ("sys", system_ids_S)):
         enc = encode_id_lists(
-            text_model, ids_per_prompt, pad_token_id=pad_token_id, max_length=max_length, system_ids=system_ids
+            text_model,
+            ids_per_prompt,
+            pad_token_id=pad_token_id,
+            max_length=max_length,
+            system_ids=system_ids,
         )
         out[f"text.{tag}.context_tokens"] = enc.tokens_BT
         out[f"text.{tag}.context_mask"] = enc.mask_BT
