@@ -940,7 +940,8 @@ class _Run:
         z_MC = self.model.decoder_norm(h_last_NkC + discrete_BkC.repeat(2, 1, 1)).reshape(N * k, C)
         out = self.model.diffloss.sample(
             z_MC, cfg=t, temperature=self.settings.diffusion_temperature,
-            generator=self.generator, noises=self.diffusion_noises,
+            generator=None if self.diffusion_noises is not None else self.generator,
+            noises=self.diffusion_noises,
         )
         self.result.diffusion_z, self.result.diffusion_out = z_MC, out.tokens_NC
         self.result.diffusion_noises = out.noises

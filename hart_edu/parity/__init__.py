@@ -37,6 +37,7 @@ PRODUCERS: list[tuple[str, str]] = [
     ("tokenizer", "hart_edu.parity.tokenizer:produce"),
     ("text encoder", "hart_edu.parity.text:produce"),
     ("residual diffusion", "hart_edu.parity.diffusion:produce"),
+    ("transformer", "hart_edu.parity.transformer:produce"),
 ]
 
 FLOAT_ATOL = 1e-4

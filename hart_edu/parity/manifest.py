@@ -21,6 +21,8 @@ import torch
 
 MANIFEST_PARTS: list[tuple[str, str]] = [
     ("tokenizer", "hart_edu.parity.manifest:check_tokenizer"),
+    ("transformer_llm", "hart_edu.parity.transformer:check_manifest_part"),
+    ("transformer_llm_alt", "hart_edu.parity.transformer:check_manifest_part"),
 ]
 
 

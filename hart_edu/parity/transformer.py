@@ -1,0 +1,143 @@
+"""Parity producer for the autoregressive transformer (golden ``t2i.*``, ``var.*``, ``e2e.*``).
+
+Every golden name of these groups reads ``<run>.<tensor>``, where ``<run>`` ends with
+``final0`` / ``final1`` (the official ``final_stage``: 0 = with residual diffusion):
+
+* ``t2i.<ema|main>.finalF``  the primary model ``tiny-official/llm`` (EMA or main weights);
+* ``var.<TAG>.finalF``       the variant ``tiny-official/llm-variant-<TAG>`` (main weights);
+* ``e2e.<ema|main>.finalF``  the primary model on the text encoder's outputs ``text.sys.*``.
+
+For each run we call :meth:`HARTTransformer.generate` once, greedy (the fixture's sampler is
+argmax == top_k=1), with ``cfg`` and ``num_maskgit_iters`` read from the tensors'
+descriptions, capture everything, and return what the fixture lists. Inputs read from the
+fixture: the context, its mask and position ids, and the recorded diffusion noises
+``<run>.noise.k`` (the official sampler drew them from the global RNG).
+
+Also here: :func:`check_manifest_part`, the released-architecture check for the
+``transformer_llm`` and ``transformer_llm_alt`` manifest sections.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from hart_edu.ar_transformer import HARTTransformer, SamplingSettings, TransformerConfig
+from hart_edu.checkpoint import config_from_dict
+from hart_edu.hybrid_tokenizer import HybridTokenizer
+from hart_edu.parity import Golden
+from hart_edu.parity.manifest import ManifestResult, compare_shapes
+
+GROUPS = ("t2i.", "var.", "e2e.")
+# Where each group takes its context from (the fixture's protocol, see tiny-golden.json).
+CONTEXT_INPUTS = {
+    "t2i": ("t2i.context", "t2i.context_mask", "t2i.context_position_ids"),
+    "var": ("t2i.context", "t2i.context_mask", "t2i.context_position_ids"),
+    "e2e": ("text.sys.context_tensor", "text.sys.context_mask", "text.sys.context_position_ids"),
+}
+RUN_RE = re.compile(r"^(?P<run>(?P<group>t2i|var|e2e)\.(?P<who>[^.]+)\.final(?P<final>[01]))\.(?P<key>.+)$")
+
+
+def _setting(descs: list[str], name: str, default: float) -> float:
+    """A ``name=value`` setting quoted in the descriptions (the first one found)."""
+    for desc in descs:
+        found = re.search(rf"\b{name}=([0-9.]+)", desc)
+        if found:
+            return float(found.group(1))
+    return default
+
+
+def _model_source(group: str, who: str) -> tuple[str, bool]:
+    """(checkpoint folder under tiny-official/, use EMA weights?) of a run."""
+    if group == "var":
+        return f"llm-variant-{who}", False
+    if who not in ("ema", "main"):
+        raise ValueError(f"unknown weights {who!r} in a {group}.* run name")
+    return "llm", who == "ema"
+
+
+def _pick(result: Any, key: str) -> torch.Tensor | None:
+    """The captured tensor a golden ``<tensor>`` suffix names (None: an input or unknown)."""
+    simple = {
+        "ctx_norm": result.context_normed,
+        "cond_BD": result.cond_BD,
+        "fhat": result.f_hat_BChw,
+        "img": result.image_B3HW,
+        "diff_z": result.diffusion_z,
+        "diff_out": result.diffusion_out,
+    }
+    if key in simple:
+        return simple[key]
+    per_stage = re.fullmatch(r"(raw_logits|logits_cfg|idx)\.s(\d+)", key)
+    if per_stage:
+        lists = {"raw_logits": result.raw_logits, "logits_cfg": result.cfg_logits, "idx": result.indices}
+        return lists[per_stage.group(1)][int(per_stage.group(2))]
+    block = re.fullmatch(r"block(\d+)\.out\.s(\d+)", key)
+    if block:
+        return result.block_outputs[int(block.group(2))][int(block.group(1))]
+    return None
+
+
+def produce(golden: Golden) -> dict[str, torch.Tensor]:
+    runs: dict[str, list[str]] = defaultdict(list)
+    for name in golden.specs:
+        match = RUN_RE.match(name)
+        if match:
+            runs[match.group("run")].append(name)
+
+    tokenizer = HybridTokenizer.from_pretrained(golden.official("tokenizer"))
+    models: dict[tuple[str, bool], HARTTransformer] = {}
+    out: dict[str, torch.Tensor] = {}
+    for run, names in runs.items():
+        match = RUN_RE.match(names[0])
+        group, who, final = match.group("group"), match.group("who"), int(match.group("final"))
+        source = _model_source(group, who)
+        if source not in models:
+            models[source] = HARTTransformer.from_pretrained(golden.official(source[0]), ema=source[1])
+        descs = [golden.specs[n]["desc"] for n in names]
+        settings = SamplingSettings(
+            cfg=_setting(descs, "cfg", 1.5),
+            greedy=True,
+            final_stage=final,
+            num_maskgit_iters=int(_setting(descs, "num_maskgit_iters", 1)),
+        )
+        noise_names = sorted((n for n in names if re.search(r"\.noise\.\d+$", n)),
+                             key=lambda n: int(n.rsplit(".", 1)[1]))
+        noises = [golden.input(n) for n in noise_names] if final == 0 else None
+        context, mask, position_ids = (golden.input(n) for n in CONTEXT_INPUTS[group])
+        result = models[source].generate(
+            tokenizer, context, mask, position_ids, settings, diffusion_noises=noises, capture=True
+        )
+        for name in names:
+            tensor = _pick(result, RUN_RE.match(name).group("key"))
+            if tensor is not None:
+                out[name] = tensor
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Released architecture (manifest)
+# --------------------------------------------------------------------------------------
+
+
+def check_manifest_part(section: dict[str, Any]) -> ManifestResult:
+    """Build HARTTransformer from a manifest section's config on the meta device and compare
+    every key (including the training-only ``attn_bias_for_masking``), shape and the
+    parameter count.
+
+    The vocabulary size and Cvae belong to the tokenizer (the official code reads them from
+    the tokenizer folder); the section does not carry the tokenizer config, so they are read
+    off the two keys whose shapes they set: ``head.bias`` (V) and ``word_embed.weight`` (C, Cvae).
+    """
+    config = config_from_dict(TransformerConfig, section["config_used"], source="manifest transformer")
+    expected = section["state_dict"]
+    vocab_size = expected["head.bias"]["shape"][0]
+    vae_channels = expected["word_embed.weight"]["shape"][1]
+    with torch.device("meta"):
+        model = HARTTransformer(config, vocab_size=vocab_size, vae_channels=vae_channels)
+    params = sum(p.numel() for p in model.parameters())
+    label = f"transformer (depth {config.depth}, {'no adaLN' if config.disable_aln else 'adaLN'})"
+    return compare_shapes(label, expected, model.official_shapes(), section["total_params"], params)
