@@ -1,0 +1,274 @@
+"""Tests of hart_edu.ar_transformer: golden parity, strict loading, options, sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from hart_edu.ar_transformer import (
+    HARTTransformer,
+    OfficialQuirks,
+    SamplingSettings,
+    TransformerConfig,
+    filter_top_k_top_p,
+    tokenizer_folder_for,
+)
+from hart_edu.checkpoint import CheckpointError, config_from_dict, load_weight_file, read_config
+
+GOLDEN = Path(os.environ.get("HART_EDU_GOLDEN", Path(__file__).resolve().parents[1].parent / "shared" / "golden"))
+needs_golden = pytest.mark.skipif(
+    not (GOLDEN / "tiny-golden.json").is_file(),
+    reason=f"golden fixtures not found at {GOLDEN} (set HART_EDU_GOLDEN)",
+)
+
+
+# --------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def golden():
+    from hart_edu.parity import Golden
+
+    return Golden.load(GOLDEN)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(golden):
+    from hart_edu.hybrid_tokenizer import HybridTokenizer
+
+    return HybridTokenizer.from_pretrained(golden.official("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def model(golden):
+    return HARTTransformer.from_pretrained(golden.official("llm"), ema=True)
+
+
+@pytest.fixture(scope="module")
+def context(golden):
+    return tuple(golden.tensors[n].clone() for n in ("t2i.context", "t2i.context_mask", "t2i.context_position_ids"))
+
+
+def _fresh(golden) -> tuple[HARTTransformer, dict[str, torch.Tensor]]:
+    """An unloaded tiny model and the main-weights state dict of tiny-official/llm."""
+    folder = golden.official("llm")
+    config = config_from_dict(TransformerConfig, read_config(folder, "hart_transformer_t2i"), source="test")
+    state = load_weight_file(folder / "pytorch_model.bin")
+    vocab, cvae = state["head.bias"].shape[0], state["word_embed.weight"].shape[1]
+    return HARTTransformer(config, vocab_size=vocab, vae_channels=cvae), state
+
+
+# --------------------------------------------------------------------------------------
+# Golden parity (every t2i.*, var.*, e2e.* tensor)
+# --------------------------------------------------------------------------------------
+
+
+@needs_golden
+def test_golden_parity_all_transformer_tensors(golden):
+    from hart_edu.parity import compare
+    from hart_edu.parity.transformer import produce
+
+    out = produce(golden)
+    wanted = [n for n in golden.specs if n.split(".")[0] in ("t2i", "var", "e2e")]
+    fed = golden.inputs_used
+    uncovered = [n for n in wanted if n not in out and n not in fed]
+    assert not uncovered, f"not produced: {uncovered}"
+    bad = [c for c in (compare(n, golden.tensors[n], out[n]) for n in out) if not c.ok]
+    assert not bad, "\n".join(f"{c.name}: {c.error} ({c.note})" for c in bad)
+    # logits (not only indices) are compared: the quirks only show there
+    assert any(".raw_logits." in n for n in out) and any(".block1.out." in n for n in out)
+
+
+@needs_golden
+def test_stage_logits_shapes_and_cfg_ratio(model, tokenizer, context):
+    r = model.generate(tokenizer, *context, SamplingSettings(cfg=4.5, greedy=True, final_stage=1), capture=True)
+    S, B, V = model.config.num_stages, context[0].shape[0], model.vocab_size
+    assert [tuple(i.shape) for i in r.indices] == [(B, p * p) for p in model.config.patch_nums]
+    assert r.raw_logits[0].shape == (2 * B, model.config.context_token, V)
+    assert r.cfg_logits[0].shape == (B, 1, V)
+    assert r.image_B3HW.min() >= 0 and r.image_B3HW.max() <= 1
+    # ramp cfg*si/(S-1), and the last stage reuses the stage-before value
+    expected = [4.5 * si / (S - 1) for si in range(S - 1)] + [4.5 * (S - 2) / (S - 1)]
+    assert r.cfg_ratio == pytest.approx(expected)
+    fixed = OfficialQuirks(stale_last_stage_cfg=False)
+    assert model.cfg_ratio(S - 1, fixed) == 1.0 and model.cfg_ratio(S - 1) == pytest.approx((S - 2) / (S - 1))
+
+
+@needs_golden
+def test_quirk_switches_change_what_they_should(model, tokenizer, context):
+    settings = SamplingSettings(cfg=4.5, greedy=True, final_stage=1)
+    ref = model.generate(tokenizer, *context, settings, capture=True)
+    # padding masked: row 0 (no padding, stage-0 ratio 0 -> cond logits only) is unchanged, row 1 is not
+    masked = model.generate(tokenizer, *context, settings, quirks=OfficialQuirks(attend_to_padding=False), capture=True)
+    assert torch.equal(masked.cfg_logits[0][0], ref.cfg_logits[0][0])
+    assert (masked.cfg_logits[0][1] - ref.cfg_logits[0][1]).abs().max() > 1e-3
+    # non-stale ratio at the last stage: only the last stage's guided logits move
+    fresh = model.generate(tokenizer, *context, settings,
+                           quirks=OfficialQuirks(stale_last_stage_cfg=False), capture=True)
+    assert torch.allclose(fresh.cfg_logits[-2], ref.cfg_logits[-2])
+    assert (fresh.cfg_logits[-1] - ref.cfg_logits[-1]).abs().max() > 1e-3
+    # stage 0 from each row's last valid position (row 1 is right-padded)
+    valid = model.generate(tokenizer, *context, settings,
+                           quirks=OfficialQuirks(stage0_reads_last_position=False), capture=True)
+    last_valid = int(context[1][1].sum()) - 1
+    assert torch.allclose(valid.cfg_logits[0][1, 0], ref.raw_logits[0][1, last_valid])
+
+
+# --------------------------------------------------------------------------------------
+# Sampling with an explicit generator
+# --------------------------------------------------------------------------------------
+
+
+@needs_golden
+def test_sampling_is_deterministic_per_generator(model, tokenizer, context):
+    s = SamplingSettings(cfg=2.0, top_k=8, top_p=0.9, final_stage=0)
+    quirks = OfficialQuirks(top_k_override=False)
+
+    def run(seed):
+        return model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(seed), quirks=quirks)
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices))
+    assert torch.equal(a.image_B3HW, b.image_B3HW)
+    assert not all(torch.equal(x, y) for x, y in zip(a.indices, c.indices))
+
+
+@needs_golden
+def test_sampled_codes_stay_in_the_top_k(model, tokenizer, context):
+    s = SamplingSettings(cfg=2.0, top_k=3, final_stage=1)
+    r = model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(3),
+                       quirks=OfficialQuirks(top_k_override=False), capture=True)
+    for idx_Bl, logits_BlV in zip(r.indices, r.cfg_logits):
+        top3 = logits_BlV.topk(3, dim=-1).indices
+        assert bool((top3 == idx_Bl.unsqueeze(-1)).any(-1).all())
+
+
+@needs_golden
+def test_more_smooth_and_maskgit_rounds_run_deterministically(model, tokenizer, context):
+    s = SamplingSettings(cfg=4.5, more_smooth=True, num_maskgit_iters=3, final_stage=0)
+    a = model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(5))
+    b = model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.image_B3HW, b.image_B3HW)
+    assert int((a.indices[-1] < 0).sum()) == 0  # every last-scale position was predicted once
+
+
+def test_filter_top_k_top_p():
+    logits = torch.tensor([[[0.0, 1.0, 2.0, 3.0, 4.0]]])
+    k2 = filter_top_k_top_p(logits, top_k=2, top_p=0.0)
+    assert torch.isfinite(k2).tolist() == [[[False, False, False, True, True]]]
+    assert torch.equal(filter_top_k_top_p(logits, top_k=50, top_p=0.0), logits)  # k >= V keeps all
+    p = logits.softmax(-1)[0, 0]  # ~ [.01, .03, .09, .24, .64]
+    nucleus = filter_top_k_top_p(logits, top_k=0, top_p=0.5)
+    assert torch.isfinite(nucleus).tolist() == [[[False, False, False, False, True]]] and p[-1] > 0.5
+    nucleus = filter_top_k_top_p(logits, top_k=0, top_p=0.8)
+    assert torch.isfinite(nucleus).sum() == 2
+
+
+@needs_golden
+def test_sampling_without_generator_is_an_error(model, tokenizer, context):
+    with pytest.raises(ValueError, match="generator"):
+        model.generate(tokenizer, *context, SamplingSettings(final_stage=1))
+
+
+@needs_golden
+def test_bad_context_shape_is_an_error(model, tokenizer, context):
+    ctx, mask, pos = context
+    with pytest.raises(ValueError, match="context must be"):
+        model.generate(tokenizer, ctx[:, :-1], mask, pos, SamplingSettings(greedy=True, final_stage=1))
+
+
+# --------------------------------------------------------------------------------------
+# Strict loading and configuration
+# --------------------------------------------------------------------------------------
+
+
+@needs_golden
+def test_strict_loading_names_bad_keys(golden):
+    model, state = _fresh(golden)
+    broken = dict(state)
+    del broken["head.weight"]
+    broken["blocks.0.attn.extra"] = torch.zeros(1)
+    broken["word_embed.bias"] = torch.zeros(3)
+    with pytest.raises(CheckpointError) as err:
+        model.load_official_state_dict(broken, source="broken.bin")
+    msg = str(err.value)
+    assert "head.weight" in msg and "blocks.0.attn.extra" in msg and "word_embed.bias" in msg
+
+
+@needs_golden
+def test_training_only_buffers_are_optional(golden):
+    model, state = _fresh(golden)
+    assert "attn_bias_for_masking" in state and "attn_bias_for_masking" not in model.state_dict()
+    slim = {k: v for k, v in state.items() if k != "attn_bias_for_masking" and not k.endswith("zero_k_bias")}
+    model.load_official_state_dict(slim, source="slim")
+    assert torch.equal(model.head.weight, state["head.weight"])
+    nonzero = dict(state)
+    nonzero["blocks.0.attn.zero_k_bias"] = torch.ones_like(state["blocks.0.attn.zero_k_bias"])
+    with pytest.raises(CheckpointError, match="zero_k_bias"):
+        model.load_official_state_dict(nonzero, source="nonzero")
+
+
+@needs_golden
+def test_ema_weights_load_on_top_and_differ(golden):
+    main = HARTTransformer.from_pretrained(golden.official("llm"), ema=False)
+    ema = HARTTransformer.from_pretrained(golden.official("llm"), ema=True)
+    assert not torch.equal(main.head.weight, ema.head.weight)
+    with pytest.raises(CheckpointError, match="ema_model.bin"):
+        HARTTransformer.from_pretrained(golden.official("llm-variant-noadaln-ctxnorm"), ema=True)
+
+
+@needs_golden
+def test_tokenizer_folder_rule(golden):
+    config = TransformerConfig(attn_type="llama", mlp_type="llama")
+    assert tokenizer_folder_for(golden.official("llm"), config) == golden.official("tokenizer").resolve()
+    assert tokenizer_folder_for("x/llm", dataclasses.replace(config, vae_path="/v")) == Path("/v")
+
+
+def test_class_defaults_and_unsupported_options():
+    with pytest.raises(ValueError, match="attn_type='gpt2'"):
+        TransformerConfig()  # the official class default attention is not implemented
+    with pytest.raises(ValueError, match="use_cross_attn"):
+        TransformerConfig(attn_type="llama", use_cross_attn=True)
+    with pytest.raises(ValueError, match="sep_aln_pooling_mode"):
+        TransformerConfig(attn_type="llama", sep_aln_pooling_mode="mean")
+    with pytest.raises(CheckpointError, match="not_an_option"):
+        config_from_dict(TransformerConfig, {"attn_type": "llama", "not_an_option": 1}, source="cfg")
+    c = TransformerConfig(attn_type="llama", mlp_type="llama", embed_dim=1536)
+    assert c.mlp_hidden == 4096 and c.patch_nums == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+
+def test_variants_build_with_expected_keys():
+    base = dict(attn_type="llama", mlp_type="llama", embed_dim=32, num_heads=2, depth=1,
+                context_token=4, context_dim=8, patch_nums=(1, 2), diff_width=16, diff_depth=1)
+    shared = HARTTransformer(TransformerConfig(**base, disable_aln=True, shared_aln=True), 16, 4)
+    keys = shared.state_dict()
+    assert "blocks.0.scale_shift_table" in keys and "blocks.0.ada_lin.1.weight" not in keys
+    l2 = HARTTransformer(TransformerConfig(**base, attn_l2_norm=True), 16, 4)
+    assert "blocks.0.attn.scale_mul_1H11" in l2.state_dict()
+    gpt = HARTTransformer(TransformerConfig(**{**base, "mlp_type": "gpt2"}), 16, 4)
+    assert "blocks.0.ffn.fc1.weight" in gpt.state_dict()
+    lvl = HARTTransformer(TransformerConfig(**base, use_timestep_embed=False), 16, 4)
+    assert tuple(lvl.state_dict()["lvl_embed.weight"].shape) == (2, 32)
+
+
+# --------------------------------------------------------------------------------------
+# Released architecture
+# --------------------------------------------------------------------------------------
+
+
+@needs_golden
+@pytest.mark.parametrize("section", ["transformer_llm", "transformer_llm_alt"])
+def test_manifest_hypotheses(section):
+    from hart_edu.parity.transformer import check_manifest_part
+
+    manifest = json.loads((GOLDEN / "manifest-hart-0.7b-1024px.json").read_text())
+    result = check_manifest_part(manifest[section])
+    assert result.ok, result
+    assert result.params_ours == manifest[section]["total_params"]
