@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
+from hart_edu.images import psnr
 from hart_edu.vq import codebook_usage, nearest_code
 
 TINY_TOKENIZER = TokenizerConfig(
@@ -63,12 +64,6 @@ class TrainSettings:
     image_size: int = 64
     train_examples: int = 200_000
     bf16: bool = True  # autocast matmuls/convs to bfloat16 on the CPU (AMX), weights stay fp32
-
-
-def psnr(a_B3HW: torch.Tensor, b_B3HW: torch.Tensor) -> torch.Tensor:
-    """Per image PSNR in dB for images in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE)."""
-    mse_B = (a_B3HW - b_B3HW).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse_B.clamp_min(1e-12))
 
 
 @torch.no_grad()
