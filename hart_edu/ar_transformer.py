@@ -775,7 +775,8 @@ class HARTTransformer(nn.Module):
         f_hat composition, decoder). ``context_*``: (B, T, Dctx) float, (B, T) bool mask,
         (B, T) int position ids. ``generator`` drives every random draw (sampling, Gumbel,
         MaskGIT order, diffusion noise); ``diffusion_noises`` replays recorded diffusion draws
-        (see :meth:`hart_edu.residual_diffusion.ResidualDiffusion.sample`).
+        (see :meth:`hart_edu.residual_diffusion.ResidualDiffusion.sample`; one MaskGIT round
+        only). With several rounds the result's ``diffusion_*`` fields hold the last round's.
         """
         run = _Run(self, tokenizer, settings, quirks, generator, diffusion_noises, capture)
         run.check_inputs(context_BTD, context_mask_BT, context_position_ids_BT)
@@ -900,6 +901,8 @@ class _Run:
         masked_Bl = torch.ones(B, l, dtype=torch.bool, device=x_NlC.device)
         tokens_BlC = x_NlC.new_zeros(B, l, Cvae)
         idx_Bl = torch.full((B, l), -1, dtype=torch.int64, device=x_NlC.device)
+        if rounds > 1 and self.diffusion_noises is not None and self.settings.final_stage == 0:
+            raise ValueError("diffusion_noises replays one diffusion call: use it with num_maskgit_iters=1")
         if rounds > 1:
             if self.generator is None:
                 raise ValueError("num_maskgit_iters > 1 draws a random order: pass generator=")
