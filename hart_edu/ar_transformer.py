@@ -97,7 +97,7 @@ documented here:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -768,6 +768,7 @@ class HARTTransformer(nn.Module):
         quirks: OfficialQuirks = OFFICIAL,
         diffusion_noises: Sequence[torch.Tensor] | None = None,
         capture: bool = False,
+        on_stage_end: Callable[[int], None] | None = None,
     ) -> GenerationResult:
         """Generate B images from text-encoder outputs (official ``autoregressive_infer_cfg``).
 
@@ -777,7 +778,9 @@ class HARTTransformer(nn.Module):
         MaskGIT order, diffusion noise); ``diffusion_noises`` replays recorded diffusion draws
         (see :meth:`hart_edu.residual_diffusion.ResidualDiffusion.sample`; one MaskGIT round
         only). With several rounds the result's ``diffusion_*`` fields hold the last round's.
+        ``on_stage_end(si)`` is called after each stage's codes are chosen (a progress hook).
         """
+        on_stage_end = on_stage_end or (lambda si: None)
         run = _Run(self, tokenizer, settings, quirks, generator, diffusion_noises, capture)
         run.check_inputs(context_BTD, context_mask_BT, context_position_ids_BT)
         pns, S, Cvae = self.config.patch_nums, self.config.num_stages, self.vae_channels
@@ -786,6 +789,7 @@ class HARTTransformer(nn.Module):
         # Stage 0: the context tokens; scale 0's single code comes from one context position.
         offset_N = run.start(context_BTD, context_mask_BT, context_position_ids_BT)
         h_BlC = run.stage0()
+        on_stage_end(0)
 
         f_hat_BChw = context_BTD.new_zeros(B, Cvae, pns[-1], pns[-1])
         for si in range(1, S):
@@ -799,6 +803,7 @@ class HARTTransformer(nn.Module):
                 h_BlC = run.image_stage(si, x_BlC.repeat(2, 1, 1), positions_Nl2)
             else:
                 h_BlC = run.last_stage(x_BlC.repeat(2, 1, 1), positions_Nl2)
+            on_stage_end(si)
 
         # The last scale is added without Phi (hybrid tokenizer), then decoded.
         h_BChw = h_BlC.transpose(1, 2).reshape(B, Cvae, pns[-1], pns[-1])

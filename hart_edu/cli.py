@@ -1,29 +1,210 @@
-"""The ``hart-edu`` command (also ``python -m hart_edu``)."""
+"""The ``hart-edu`` command (also ``python -m hart_edu``).
+
+* ``hart-edu demo``: the hybrid tokenizer on a photo and held-out scenes (see hart_edu.demo);
+* ``hart-edu generate``: text to image with :class:`hart_edu.sampler.HARTPipeline`, saved as
+  the official sample.py saves it (``000000.png``... or one ``sample_images.png`` grid, and a
+  ``prompt.txt``).
+
+Bad input gives one line on stderr, exit status 2 and no files: everything is checked before
+the models load, and the outputs are written to hidden temporary files in the output folder
+that are renamed only once all of them are complete.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+import warnings
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_generate_parser(sub) -> None:
+    from hart_edu.sampler import DEFAULT_SEED
+
+    gen = sub.add_parser(
+        "generate",
+        help="text to image with a HART model (the official sample.py path)",
+        description="Generate images from prompts with a HART tree (tokenizer/, llm/, text_encoder/).",
+    )
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", action="append", help="a prompt (repeat the option for several)")
+    source.add_argument("--prompt-file", type=Path, help="a UTF-8 text file, one prompt per line (blank lines skipped)")
+    gen.add_argument("--weights", type=Path, default=None,
+                     help="a HART tree with tokenizer/ and llm/ (default: the repository's weights/tiny)")
+    gen.add_argument("--text-encoder", type=Path, default=None,
+                     help="the text encoder folder (default: WEIGHTS/text_encoder)")
+    gen.add_argument("--text-tokenizer", type=Path, default=None,
+                     help="its tokenizer files (default: WEIGHTS/text_tokenizer if present, else the text encoder folder)")
+    gen.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
+    gen.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale (default: 4.5)")
+    gen.add_argument("--top-k", type=int, default=None,
+                     help="keep the k most likely codes (the official code overrides it unless --no-official-quirks)")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    gen.add_argument("--more-smooth", action=argparse.BooleanOptionalAction, default=True,
+                     help="Gumbel-softmax blends of codes, sample.py's default (default: on)")
+    gen.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
+                     help="add the diffusion head's continuous residual (default: on)")
+    gen.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                     help="use llm/ema_model.bin (default: on)")
+    gen.add_argument("--system-prompt", action=argparse.BooleanOptionalAction, default=True,
+                     help="prefix the official system prompt to every prompt (default: on)")
+    gen.add_argument("--official-quirks", action=argparse.BooleanOptionalAction, default=True,
+                     help="keep the official code's quirks (see OfficialQuirks; default: on)")
+    gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
+    gen.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default: samples)")
+    gen.add_argument("--grid", action=argparse.BooleanOptionalAction, default=False,
+                     help="one sample_images.png grid instead of one PNG per image (default: off)")
+    gen.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                     help="show a progress bar over the scales (default: on)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hart-edu", description="Learn, run and hack on HART.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="tokenize a photo and held-out scenes: discrete vs hybrid")
     demo.add_argument("--out", default="demo.png", help="PNG to write (default: demo.png)")
     demo.add_argument("--weights", default=None, help="a tokenizer/ folder (default: weights/tiny/tokenizer)")
+    add_generate_parser(sub)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
             from hart_edu.demo import main as demo_main
 
             return demo_main(args.out, args.weights)
-    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
-        print(f"hart-edu {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        if args.command == "generate":
+            return generate_main(args)
+    except (OSError, ValueError) as err:  # CheckpointError and UnicodeDecodeError are ValueErrors
+        message = " ".join(str(err).split())  # one line
+        print(f"hart-edu {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 1
+
+
+# --------------------------------------------------------------------------------------
+# hart-edu generate
+# --------------------------------------------------------------------------------------
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """One prompt per line (UTF-8, an optional BOM), blank lines skipped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompt-file {path} does not exist")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--prompt-file {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})"
+        ) from None
+    prompts = [line.rstrip("\r") for line in text.split("\n")]
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise ValueError(f"--prompt-file {path} holds no prompt (only blank lines)")
+    return prompts
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    from hart_edu.ar_transformer import OFFICIAL, OfficialQuirks
+    from hart_edu.paths import TINY_WEIGHTS
+    from hart_edu.sampler import check_sample_request, check_seed
+
+    # 1. Check everything that can be checked before loading a model.
+    prompts = read_prompt_file(args.prompt_file) if args.prompt_file is not None else args.prompt
+    request = check_sample_request(prompts, args.cfg, args.top_k, args.top_p, args.num_images)
+    check_seed(args.seed)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
+    weights = args.weights if args.weights is not None else TINY_WEIGHTS
+    no_quirks = OfficialQuirks(**{f.name: False for f in dataclasses.fields(OfficialQuirks)})
+    quirks = OFFICIAL if args.official_quirks else no_quirks
+
+    # 2. Load and generate; warnings (e.g. a truncated prompt) become one line each.
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            images = _generate_pixels(args, request, weights, quirks)
+    except FileNotFoundError as err:
+        if args.weights is None:
+            raise FileNotFoundError(f"{err} (the default weights are {TINY_WEIGHTS}: pass --weights ROOT)") from err
+        raise
+    finally:
+        for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+            print(f"hart-edu generate: warning: {message}", file=sys.stderr)
+
+    # 3. Write everything, or nothing.
+    files = {"prompt.txt": "\n".join(request.prompts).encode("utf-8")}
+    files.update(images)
+    written = write_all_or_nothing(args.out, files)
+    n_images = len(request.prompts) * request.num_images_per_prompt
+    kind = "a grid of" if args.grid else "one PNG per image for"
+    print(f"wrote {kind} {n_images} image(s) and prompt.txt to {args.out}: {', '.join(p.name for p in written)}")
+    return 0
+
+
+def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks) -> dict[str, bytes]:
+    """Run the pipeline; return the PNG files' bytes by file name (sample.py's names)."""
+    import io
+
+    from hart_edu.sampler import HARTPipeline, grid_to_uint8, image_grid, uint8_to_pil
+    from hart_edu.text_encoder import HART_SYSTEM_PROMPT
+
+    pipe = HARTPipeline.from_pretrained(
+        weights, text_encoder=args.text_encoder, ema=args.ema, text_tokenizer=args.text_tokenizer,
+        system_prompt=HART_SYSTEM_PROMPT if args.system_prompt else None,
+    )
+    out = pipe(
+        request.prompts, cfg=request.cfg, top_k=request.top_k or None, top_p=request.top_p or None,
+        more_smooth=args.more_smooth, seed=args.seed, residual=args.residual,
+        num_images_per_prompt=request.num_images_per_prompt, quirks=quirks, progress=args.progress,
+    )
+    if args.grid:
+        pil_images = {"sample_images.png": uint8_to_pil(grid_to_uint8(image_grid(out.image_B3HW)))}
+    else:
+        pil_images = {f"{i:06d}.png": image for i, image in enumerate(out.images)}
+    pngs = {}
+    for name, image in pil_images.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        pngs[name] = buffer.getvalue()
+    return pngs
+
+
+def write_all_or_nothing(folder: Path, files: dict[str, bytes]) -> list[Path]:
+    """Write ``files`` (name -> bytes) into ``folder``: first to hidden temporary files beside
+    their targets, then rename them all; on any error remove the temporary files (and the
+    folder if this call created it)."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+            temporary.append((tmp, folder / name))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        for tmp, final in temporary:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in temporary:
+            tmp.unlink(missing_ok=True)
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+    return [final for _, final in temporary]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,431 @@
+r"""Text to image with HART in one call: :class:`HARTPipeline` (the official ``sample.py`` path).
+
+The three models and what flows between them, for B images (T = ``context_token`` text
+positions, S scales ``p_0 < ... < p_{S-1}``)::
+
+    prompts ──TextEncoder──> context_BTD, mask_BT, position_ids_BT         (text_encoder.py)
+            ──HARTTransformer.generate──> idx_si (B, p_si^2) for every scale,
+                                          residual r (B, Cvae, p, p)        (ar_transformer.py)
+            ──HybridTokenizer.decode──>   image_B3HW in [0, 1]             (hybrid_tokenizer.py)
+
+The latent handed to the decoder is the discrete scales plus the continuous residual that
+the diffusion head predicts for the last scale (p = p_{S-1}, the hybrid tokenizer adds the
+last scale without a Phi convolution)::
+
+    f_hat = f_discrete + r,     f_discrete = sum_{si < S-1} Phi_si(up(e(idx_si))) + e(idx_{S-1})
+
+so the pipeline reports ``f_discrete = f_hat - r`` (equal up to float rounding) beside
+``f_hat`` and ``r``. With ``more_smooth`` the discrete scales add Gumbel-softmax blends of
+code embeddings instead of single codes, so ``f_discrete`` is then not the composition of
+the indices alone (``HybridTokenizer.indices_to_fhat``).
+
+The defaults are sample.py's: EMA weights, the official system prompt, a text length equal
+to the config's ``context_token`` (sample.py's ``--max_token_length`` 300 is the released
+model's context_token), ``cfg=4.5``, ``more_smooth=True``, seed 1, no top-k/top-p from the
+caller (and the official top-k override, see :class:`~hart_edu.ar_transformer.OfficialQuirks`),
+one MaskGIT round and the residual diffusion on.
+
+Pixels are made as sample.py saves them: ``uint8(255 x)`` truncates (numpy ``astype``), it
+does not round; the grid is torchvision's ``make_grid(nrow=12, padding=2)`` converted to
+float16 *before* the multiplication by 255 (so a grid pixel can differ by one level from
+the same pixel saved alone).
+
+Differences from sample.py, on purpose:
+
+* Randomness: the official code seeds its own generator for the code sampling, but the
+  diffusion head draws from the global CUDA RNG, so the same seed gives different images.
+  Here one ``torch.Generator`` drives every draw: the same seed gives bit-identical images.
+* Precision: float32 throughout (sample.py runs under float16 autocast on CUDA), so images
+  are close to, not bit-equal with, a GPU run of sample.py.
+* No ShieldGemma safety check and no random default prompts: prompts are used as given.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hart_edu.ar_transformer import (
+    OFFICIAL,
+    GenerationResult,
+    HARTTransformer,
+    OfficialQuirks,
+    SamplingSettings,
+)
+from hart_edu.hybrid_tokenizer import HybridTokenizer
+from hart_edu.text_encoder import HART_SYSTEM_PROMPT, TextEncoder, TextEncoding
+
+__all__ = [
+    "HARTPipeline",
+    "HARTPipelineOutput",
+    "SampleRequest",
+    "check_sample_request",
+    "check_seed",
+    "images_to_uint8",
+    "image_grid",
+    "grid_to_uint8",
+    "uint8_to_pil",
+    "MAX_CFG",
+    "DEFAULT_SEED",
+    "GRID_COLUMNS",
+]
+
+MAX_CFG = 50.0  # a sanity bound: sample.py uses 4.5; far beyond, guidance only amplifies noise
+DEFAULT_SEED = 1  # sample.py's --seed default
+GRID_COLUMNS = 12  # sample.py's make_grid(nrow=12)
+GRID_PADDING = 2  # torchvision make_grid's default padding (black)
+
+
+# --------------------------------------------------------------------------------------
+# Checking what the caller asked for (shared with the command line, which checks before
+# loading anything)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """The validated, normalised arguments of one pipeline call."""
+
+    prompts: list[str]
+    cfg: float
+    top_k: int  # 0 = off (SamplingSettings' convention)
+    top_p: float  # 0.0 = off
+    num_images_per_prompt: int
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_sample_request(
+    prompts: str | Sequence[str],
+    cfg: float,
+    top_k: int | None,
+    top_p: float | None,
+    num_images_per_prompt: int,
+) -> SampleRequest:
+    """Raise a ValueError naming the bad argument, or return the normalised request.
+
+    ``prompts``: one string or a non-empty sequence of strings. ``cfg`` finite, in
+    [0, MAX_CFG]. ``top_k``: None or 0 (off) or a positive int. ``top_p``: None (off) or in
+    (0, 1]. ``num_images_per_prompt`` >= 1.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence):
+        raise ValueError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts: the prompt list is empty")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {i} is a {type(prompt).__name__}, not a string: {prompt!r}")
+    if not isinstance(cfg, numbers.Real) or isinstance(cfg, bool) or not math.isfinite(cfg):
+        raise ValueError(f"cfg={cfg!r} must be a finite number in [0, {MAX_CFG:g}]")
+    if not 0.0 <= cfg <= MAX_CFG:
+        raise ValueError(f"cfg={cfg!r} is out of range: use a value in [0, {MAX_CFG:g}] (sample.py uses 4.5)")
+    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+        raise ValueError(f"top_k={top_k!r} must be None, 0 (off) or a positive integer")
+    if top_p is not None and (
+        not isinstance(top_p, numbers.Real) or isinstance(top_p, bool) or not 0.0 < top_p <= 1.0
+    ):
+        raise ValueError(f"top_p={top_p!r} must be None (off) or in (0, 1]")
+    if not _is_int(num_images_per_prompt) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be a positive integer")
+    return SampleRequest(
+        prompts=prompts,
+        cfg=float(cfg),
+        top_k=int(top_k or 0),
+        top_p=float(top_p or 0.0),
+        num_images_per_prompt=int(num_images_per_prompt),
+    )
+
+
+def check_seed(seed: int) -> int:
+    """A seed for ``torch.Generator.manual_seed``: an integer in [0, 2**64)."""
+    if not _is_int(seed) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**64)")
+    return int(seed)
+
+
+def _generator_from(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """The one source of randomness: ``generator``, or a fresh one seeded with ``seed``
+    (sample.py's default seed when neither is given)."""
+    if generator is not None and seed is not None:
+        raise ValueError("pass seed= or generator=, not both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        return generator
+    seed = check_seed(DEFAULT_SEED if seed is None else seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------
+# Pixels, the way sample.py saves them
+# --------------------------------------------------------------------------------------
+
+
+def images_to_uint8(image_B3HW: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float images -> uint8 (B, 3, H, W): ``uint8(255 x)``, truncated like numpy's astype."""
+    return (image_B3HW.detach().float().cpu().clamp(0, 1) * 255).to(torch.uint8)
+
+
+def image_grid(image_B3HW: torch.Tensor, columns: int = GRID_COLUMNS, padding: int = GRID_PADDING) -> torch.Tensor:
+    """torchvision's ``make_grid``: rows of ``min(columns, B)`` images, black ``padding`` around
+    and between them -> (3, rows (H + pad) + pad, cols (W + pad) + pad)."""
+    B, C, H, W = image_B3HW.shape
+    cols = min(columns, B)
+    rows = math.ceil(B / cols)
+    grid_3HW = image_B3HW.new_zeros(C, rows * (H + padding) + padding, cols * (W + padding) + padding)
+    for b in range(B):
+        top, left = (b // cols) * (H + padding) + padding, (b % cols) * (W + padding) + padding
+        grid_3HW[:, top : top + H, left : left + W] = image_B3HW[b]
+    return grid_3HW
+
+
+def grid_to_uint8(grid_3HW: torch.Tensor) -> torch.Tensor:
+    """sample.py's grid conversion: float16 first, then ``uint8(255 x)`` (truncated)."""
+    return (grid_3HW.detach().cpu().clamp(0, 1).to(torch.float16) * 255).to(torch.uint8)
+
+
+def uint8_to_pil(pixels_3HW: torch.Tensor):
+    """A uint8 (3, H, W) tensor as an RGB PIL image."""
+    from PIL import Image
+
+    return Image.fromarray(pixels_3HW.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+
+
+# --------------------------------------------------------------------------------------
+# The output
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class HARTPipelineOutput:
+    """What one :class:`HARTPipeline` call returns (B = prompts x num_images_per_prompt images,
+    in the order p0, p0, ..., p1, p1, ...).
+
+    ``images``: PIL images (as sample.py saves them). ``prompts``: the prompt of each image.
+    ``image_B3HW``: float images in [0, 1]. ``indices[si]``: (B, p_si^2) codes of scale si
+    (row-major; see :meth:`index_maps`). ``f_hat_BChw``: the decoded latent;
+    ``f_discrete_BChw``: its discrete part; ``residual_BChw``: the diffusion head's continuous
+    residual at the last scale (None with ``residual=False``, where ``f_hat == f_discrete``).
+    ``text``: the text encoding of the distinct prompts (one row per prompt).
+    ``generation``: the transformer's full result. ``seed``: the seed used, when the pipeline
+    made the generator.
+    """
+
+    images: list[Any]
+    prompts: list[str]
+    image_B3HW: torch.Tensor
+    indices: list[torch.Tensor]
+    f_hat_BChw: torch.Tensor
+    f_discrete_BChw: torch.Tensor
+    residual_BChw: torch.Tensor | None
+    text: TextEncoding
+    generation: GenerationResult
+    seed: int | None
+
+    def index_maps(self) -> list[torch.Tensor]:
+        """The codes of every scale as (B, p_si, p_si) maps."""
+        return [idx_Bl.view(idx_Bl.shape[0], math.isqrt(idx_Bl.shape[1]), -1) for idx_Bl in self.indices]
+
+
+# --------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------
+
+
+class HARTPipeline:
+    """Text encoder + HART transformer + hybrid tokenizer, in the spirit of diffusers.
+
+    >>> pipe = HARTPipeline.from_pretrained("hart-0.7b-1024px",                # doctest: +SKIP
+    ...                                     text_encoder="Qwen2-VL-1.5B-Instruct")
+    >>> out = pipe(["A cat sleeping"], seed=1)                                # doctest: +SKIP
+    >>> out.images[0].save("cat.png")                                         # doctest: +SKIP
+    """
+
+    def __init__(self, text_encoder: TextEncoder, transformer: HARTTransformer, tokenizer: HybridTokenizer):
+        T, D = transformer.config.context_token, transformer.config.context_dim
+        if text_encoder.max_length != T:
+            raise ValueError(
+                f"the text encoder pads to max_length={text_encoder.max_length}, but the transformer "
+                f"takes context_token={T} text positions: build the TextEncoder with max_length={T}"
+            )
+        hidden = getattr(getattr(text_encoder.model, "config", None), "hidden_size", None)
+        if hidden is not None and hidden != D:
+            raise ValueError(
+                f"the text encoder's hidden size is {hidden}, but the transformer's context_dim is {D}: "
+                f"this text encoder does not belong to this HART model"
+            )
+        self.text_encoder, self.transformer, self.tokenizer = text_encoder, transformer, tokenizer
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        root: str | Path,
+        text_encoder: str | Path | None = None,
+        ema: bool = True,
+        *,
+        text_tokenizer: str | Path | None = None,
+        system_prompt: str | None = HART_SYSTEM_PROMPT,
+    ) -> "HARTPipeline":
+        """Load a HART tree: ``root/tokenizer``, ``root/llm`` (``ema_model.bin`` with ``ema``)
+        and a text encoder (``text_encoder``, default ``root/text_encoder``; the released
+        model's is the separate repository mit-han-lab/Qwen2-VL-1.5B-Instruct).
+
+        The text encoder's tokenizer files are read from ``text_tokenizer``, else from
+        ``root/text_tokenizer`` when that folder exists, else from the text encoder folder.
+        ``system_prompt=None`` switches the system prompt off. Every load is strict.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"HART weights folder not found: {root}")
+        for part in ("tokenizer", "llm"):
+            if not (root / part / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{root} has no {part}/ folder with a config.json: a HART tree holds tokenizer/, llm/ "
+                    f"(and text_encoder/ unless you pass one)"
+                )
+        text_folder = Path(text_encoder) if text_encoder is not None else root / "text_encoder"
+        if not (text_folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no text encoder at {text_folder} (config.json missing): pass text_encoder=PATH "
+                f"(the released model's is the separate repository mit-han-lab/Qwen2-VL-1.5B-Instruct)"
+            )
+        if text_tokenizer is None:
+            text_tokenizer = root / "text_tokenizer" if (root / "text_tokenizer").is_dir() else text_folder
+
+        tokenizer = HybridTokenizer.from_pretrained(root / "tokenizer")
+        transformer = HARTTransformer.from_pretrained(root / "llm", ema=ema, tokenizer_folder=root / "tokenizer")
+        encoder = TextEncoder.from_pretrained(
+            text_folder,
+            max_length=transformer.config.context_token,
+            system_prompt=system_prompt,
+            tokenizer_folder=text_tokenizer,
+        )
+        return cls(encoder, transformer, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def to(self, device: torch.device | str) -> "HARTPipeline":
+        """Move all three models (explicitly; nothing moves by itself)."""
+        self.text_encoder.to(device)
+        self.transformer.to(device)
+        self.tokenizer.to(device)
+        return self
+
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        cfg: float = 4.5,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        more_smooth: bool = True,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        residual: bool = True,
+        num_images_per_prompt: int = 1,
+        quirks: OfficialQuirks = OFFICIAL,
+        greedy: bool = False,
+        diffusion_temperature: float = 1.0,
+        progress: bool = True,
+    ) -> HARTPipelineOutput:
+        """Generate ``num_images_per_prompt`` images for each prompt.
+
+        ``cfg``: guidance scale (ramped over the scales, see ar_transformer). ``top_k`` /
+        ``top_p``: filtering of the code distribution (None: off); with the official quirk
+        ``top_k_override`` on, the official 600/300 replaces ``top_k`` (a warning says so).
+        ``more_smooth``: Gumbel-softmax blends of codes (sample.py's default). ``residual``:
+        the diffusion head's continuous residual (False: discrete tokens only, the official
+        ``final_stage=1``). ``greedy``: argmax codes. Randomness comes only from
+        ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
+        """
+        request = check_sample_request(prompts, cfg, top_k, top_p, num_images_per_prompt)
+        if residual and not self.tokenizer.config.is_hybrid:
+            raise ValueError("residual=True needs a hybrid tokenizer (quantizer_type 'var_hybrid')")
+        if request.top_k and quirks.top_k_override:
+            warnings.warn(
+                f"top_k={request.top_k} is ignored: the official code overrides it with 600/300 "
+                f"(pass quirks=OfficialQuirks(top_k_override=False) to use it)",
+                stacklevel=2,
+            )
+        rng = _generator_from(seed, generator, self.device)
+        used_seed = None if generator is not None else (DEFAULT_SEED if seed is None else int(seed))
+        settings = SamplingSettings(
+            cfg=request.cfg, top_k=request.top_k, top_p=request.top_p, greedy=greedy,
+            more_smooth=more_smooth, num_maskgit_iters=1, final_stage=0 if residual else 1,
+            diffusion_temperature=diffusion_temperature,
+        )
+
+        # Each distinct prompt is encoded once; its rows are repeated for its images. The
+        # encoder's truncation warnings are re-issued here so they point at the caller.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            text = self.text_encoder(request.prompts)
+        for w in caught:
+            warnings.warn(w.message, w.category, stacklevel=2)
+        n = request.num_images_per_prompt
+        context_BTD, mask_BT, position_ids_BT = (
+            t.repeat_interleave(n, dim=0) for t in (text.context_BTD, text.mask_BT, text.position_ids_BT)
+        )
+
+        with torch.no_grad():
+            result = self._generate(context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress)
+
+        B, p = context_BTD.shape[0], self.transformer.config.patch_nums[-1]
+        residual_BChw = self._residual_latent(result, B, p) if residual else None
+        f_discrete_BChw = result.f_hat_BChw if residual_BChw is None else result.f_hat_BChw - residual_BChw
+        images = [uint8_to_pil(px) for px in images_to_uint8(result.image_B3HW)]
+        return HARTPipelineOutput(
+            images=images,
+            prompts=[prompt for prompt in request.prompts for _ in range(n)],
+            image_B3HW=result.image_B3HW,
+            indices=result.indices,
+            f_hat_BChw=result.f_hat_BChw,
+            f_discrete_BChw=f_discrete_BChw,
+            residual_BChw=residual_BChw,
+            text=text,
+            generation=result,
+            seed=used_seed,
+        )
+
+    def _generate(self, context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress) -> GenerationResult:
+        """The transformer's scale-by-scale generation, with a progress bar over the scales."""
+        from tqdm.auto import tqdm
+
+        pns = self.transformer.config.patch_nums
+        with tqdm(total=len(pns), desc="HART scales", unit="scale", disable=not progress, leave=False) as bar:
+
+            def stage_done(si: int) -> None:
+                bar.set_postfix_str(f"{pns[si]}x{pns[si]}")
+                bar.update(1)
+
+            return self.transformer.generate(
+                self.tokenizer, context_BTD, mask_BT, position_ids_BT, settings=settings,
+                generator=rng, quirks=quirks, on_stage_end=stage_done,
+            )
+
+    def _residual_latent(self, result: GenerationResult, B: int, p: int) -> torch.Tensor:
+        """The diffusion head's residual as a latent (B, Cvae, p, p).
+
+        ``diffusion_out`` holds 2B*l rows, image-major (b*l + position): the first B*l are
+        the conditional rows, the ones added to the last scale's code embeddings."""
+        l, Cvae = p * p, self.transformer.vae_channels
+        r_BlC = result.diffusion_out[: B * l].view(B, l, Cvae)
+        return r_BlC.transpose(1, 2).reshape(B, Cvae, p, p)
+
+    @torch.no_grad()
+    def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        """Any latent (e.g. an output's ``f_discrete_BChw``) -> images in [0, 1], as generate does."""
+        return (self.tokenizer.decode(f_hat_BChw) + 1) * 0.5

@@ -1,0 +1,186 @@
+"""``hart-edu generate``: reproducible files, the options, and bad input (message, exit != 0,
+no files, no traceback). Runs in-process through ``cli.main(argv)``, plus one real
+``python -m hart_edu generate`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hart_edu import cli
+from test_sampler import build_tiny_tree
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ["w1 w2 w3", "w9 w8"]
+
+
+def run(argv: list[str]) -> int:
+    """cli.main, with argparse's own exits turned into return codes."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+def generate_argv(tree: Path, out: Path, *extra: str) -> list[str]:
+    argv = ["generate", "--weights", str(tree), "--out", str(out), "--seed", "1", "--no-progress"]
+    for prompt in PROMPTS:
+        argv += ["--prompt", prompt]
+    return argv + list(extra)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def tree(golden_dir, tmp_path_factory) -> Path:
+    return build_tiny_tree(golden_dir, tmp_path_factory.mktemp("hart_tree"))
+
+
+@pytest.fixture(scope="module")
+def first_run(tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "first"
+    assert run(generate_argv(tree, out)) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------- it works
+
+
+def test_same_seed_gives_identical_files(tree, first_run, tmp_path, capsys):
+    first = folder_bytes(first_run)
+    assert sorted(first) == ["000000.png", "000001.png", "prompt.txt"]
+    assert first["prompt.txt"].decode("utf-8") == "\n".join(PROMPTS)
+    assert first["000000.png"].startswith(b"\x89PNG") and first["000000.png"] != first["000001.png"]
+
+    capsys.readouterr()
+    assert run(generate_argv(tree, tmp_path / "again")) == 0
+    assert folder_bytes(tmp_path / "again") == first
+    printed = capsys.readouterr()
+    assert str(tmp_path / "again") in printed.out
+    # The tiny model's context is 8 tokens: the official system prompt is cut, and we say so.
+    assert "warning: the system prompt has" in printed.err
+
+
+def test_python_dash_m_in_a_fresh_process_gives_the_same_files(tree, first_run, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "hart_edu", *generate_argv(tree, tmp_path / "sub")]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert folder_bytes(tmp_path / "sub") == folder_bytes(first_run)
+
+
+def test_prompt_file_grid_and_switches(tree, tmp_path):
+    from PIL import Image
+
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_bytes("w4 w5\r\n\nw6 café ☕\n".encode("utf-8"))
+    out = tmp_path / "grid"
+    argv = ["generate", "--weights", str(tree), "--prompt-file", str(prompt_file), "--out", str(out),
+            "--grid", "--num-images", "2", "--no-residual", "--no-more-smooth", "--cfg", "3", "--no-progress"]
+    assert run(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["prompt.txt", "sample_images.png"]
+    assert (out / "prompt.txt").read_text(encoding="utf-8") == "w4 w5\nw6 café ☕"
+    size = 32  # the tiny tokenizer's images; 4 images in one row, 2 px black padding
+    with Image.open(out / "sample_images.png") as grid:
+        assert grid.size == (4 * (size + 2) + 2, size + 4) and grid.mode == "RGB"
+
+
+def test_booleans_can_be_switched_off():
+    parser = cli.build_parser()
+    on = parser.parse_args(["generate", "--prompt", "x"])
+    assert (on.more_smooth, on.residual, on.ema, on.system_prompt, on.grid, on.official_quirks) == (
+        True, True, True, True, False, True)
+    off = parser.parse_args(["generate", "--prompt", "x", "--no-more-smooth", "--no-residual", "--no-ema",
+                             "--no-system-prompt", "--no-grid", "--no-official-quirks"])
+    assert not any((off.more_smooth, off.residual, off.ema, off.system_prompt, off.grid, off.official_quirks))
+    assert (on.seed, on.cfg, on.num_images, on.top_k, on.top_p) == (1, 4.5, 1, None, None)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def bad_cases(tree: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (argv, a fragment the message must contain)."""
+    not_utf8 = tmp / "latin1.txt"
+    not_utf8.write_bytes("caf\xe9\n".encode("latin-1"))
+    blank = tmp / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    a_file = tmp / "a_file"
+    a_file.write_text("x", encoding="utf-8")
+    no_llm = tmp / "no_llm"
+    no_llm.mkdir()
+    (no_llm / "tokenizer").symlink_to(tree / "tokenizer")
+    out = ["--out", str(tmp / "out"), "--weights", str(tree)]
+    p = ["--prompt", "w1"]
+    return {
+        "no prompt": (["generate", *out], "--prompt"),
+        "prompt and prompt file": (["generate", *out, *p, "--prompt-file", str(blank)], "not allowed with"),
+        "non-UTF-8 prompt file": (["generate", *out, "--prompt-file", str(not_utf8)], "not UTF-8"),
+        "missing prompt file": (["generate", *out, "--prompt-file", str(tmp / "nope.txt")], "does not exist"),
+        "blank prompt file": (["generate", *out, "--prompt-file", str(blank)], "no prompt"),
+        "negative cfg": (["generate", *out, *p, "--cfg", "-1"], "cfg"),
+        "huge cfg": (["generate", *out, *p, "--cfg", "51"], "cfg"),
+        "nan cfg": (["generate", *out, *p, "--cfg", "nan"], "cfg"),
+        "cfg not a number": (["generate", *out, *p, "--cfg", "abc"], "invalid float"),
+        "top-p zero": (["generate", *out, *p, "--top-p", "0"], "top_p"),
+        "top-p above one": (["generate", *out, *p, "--top-p", "1.5"], "top_p"),
+        "negative top-k": (["generate", *out, *p, "--top-k", "-1"], "top_k"),
+        "zero images": (["generate", *out, *p, "--num-images", "0"], "num_images"),
+        "negative seed": (["generate", *out, *p, "--seed", "-3"], "seed"),
+        "missing weights": (["generate", *p, "--out", str(tmp / "out"), "--weights", str(tmp / "none")], "not found"),
+        "tree without llm": (["generate", *p, "--out", str(tmp / "out"), "--weights", str(no_llm)], "no llm/"),
+        "missing text encoder": (["generate", *out, *p, "--text-encoder", str(tmp / "none")], "text encoder"),
+        "out is a file": (["generate", *p, "--weights", str(tree), "--out", str(a_file)], "not a folder"),
+    }
+
+
+CASE_NAMES = [
+    "no prompt", "prompt and prompt file", "non-UTF-8 prompt file", "missing prompt file", "blank prompt file",
+    "negative cfg", "huge cfg", "nan cfg", "cfg not a number", "top-p zero", "top-p above one",
+    "negative top-k", "zero images", "negative seed", "missing weights", "tree without llm",
+    "missing text encoder", "out is a file",
+]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_is_one_clear_line_and_no_files(tree, tmp_path, capsys, name):
+    argv, fragment = bad_cases(tree, tmp_path)[name]
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()
+    code = run(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert fragment in err, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "error:" in line] == [err.splitlines()[-1]]
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no output folder
+
+
+def test_missing_default_weights_say_how_to_choose(tmp_path, monkeypatch, capsys):
+    import hart_edu.paths
+
+    monkeypatch.setattr(hart_edu.paths, "TINY_WEIGHTS", tmp_path / "weights" / "tiny")
+    assert run(["generate", "--prompt", "w1", "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "--weights" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_writing_is_all_or_nothing(tmp_path):
+    out = tmp_path / "new"
+    with pytest.raises(FileNotFoundError):
+        cli.write_all_or_nothing(out, {"a.png": b"1", "missing_dir/b.png": b"2"})
+    assert not out.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(FileNotFoundError):
+        cli.write_all_or_nothing(existing, {"a.png": b"1", "missing_dir/b.png": b"2"})
+    assert list(existing.iterdir()) == []
+    written = cli.write_all_or_nothing(existing, {"a.png": b"1", "b.png": b"2"})
+    assert [p.name for p in written] == ["a.png", "b.png"] and sorted(p.name for p in existing.iterdir()) == ["a.png", "b.png"]
