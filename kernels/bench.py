@@ -12,6 +12,8 @@ speed-up over eager and over ``torch.compile``. The sizes are those of the relea
 1024px model (C = 1536, 24 heads of 64, SwiGLU width 4096, V = 4096 codes of 32 channels,
 L = 300 context + 9450 image tokens in a training sequence, 4096 tokens in the last stage,
 batch 2 = one prompt with its CFG twin); change them in :class:`BenchSizes`.
+(``cfg_sample``'s eager reference draws its Philox uniforms with integer PyTorch ops, so its
+ratio is against that reference, not against the model's ``torch.multinomial`` sampling.)
 
 Without a CUDA device it prints that the benchmark needs one and exits with status 0: timings
 from the Triton interpreter would measure Python, not the kernels.
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from . import backend
+from .cfg_sample import cfg_sample_reference, cfg_sample_triton
 from .nearest_code import nearest_code_reference, nearest_code_triton
 from .rmsnorm_modulate import rmsnorm_modulate_reference, rmsnorm_modulate_triton
 from .rope import rope_reference, rope_triton
@@ -37,7 +40,7 @@ from .swiglu import swiglu_reference, swiglu_triton
 class BenchSizes:
     """Problem sizes (defaults: the released HART 0.7B 1024px configuration)."""
 
-    batch: int = 2  # one prompt and its unconditional CFG twin
+    batch: int = 2  # one prompt and its unconditional CFG twin (even)
     embed_dim: int = 1536
     num_heads: int = 24
     mlp_hidden: int = 4096
@@ -46,6 +49,10 @@ class BenchSizes:
     vocab_size: int = 4096
     vae_channels: int = 32
     images_quantised: int = 4  # nearest_code: every scale's grid of this many images
+
+    def __post_init__(self) -> None:
+        if self.batch % 2:
+            raise ValueError(f"batch={self.batch} must be even: conditional rows and their CFG twins")
 
     @property
     def train_tokens(self) -> int:
@@ -116,6 +123,12 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
     cases.append(Case(f"nearest_code fp32 (N={rows}, V={sizes.vocab_size}, C={sizes.vae_channels})",
                       lambda: wrap(nearest_code_reference)(z, e), lambda: nearest_code_triton(z, e),
                       (z.numel() + e.numel()) * 4 + rows * 8))
+
+    l, V = sizes.last_stage_tokens, sizes.vocab_size
+    logits = randn(B, l, V, dt=torch.float32)  # B = 2: one prompt's conditional and unconditional rows
+    cases.append(Case(f"cfg_sample top-k 300 top-p 0.95 (last stage, l={l}, V={V})",
+                      lambda: wrap(cfg_sample_reference)(logits, 4.5, 300, 0.95, 0),
+                      lambda: cfg_sample_triton(logits, 4.5, 300, 0.95, 0), logits.numel() * 4 + l * 8))
     return cases
 
 

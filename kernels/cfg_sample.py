@@ -1,0 +1,198 @@
+r"""Classifier-free guidance, top-k / top-p filtering and a Gumbel-max draw: one launch per scale.
+
+Given the logits of the conditional rows (first ``B`` of ``N = 2B``) and of their unconditional
+twins (last ``B``) for the ``l`` tokens of one scale, every token gets one code:
+
+.. math::
+
+    z &= (1 + t)\, z^{c} - t\, z^{u}                                  && \text{(guidance)} \\
+    z_v &\leftarrow -\infty \text{ unless } z_v \ge z_{(k)}            && \text{(top-k: the k-th largest)} \\
+    z_v &\leftarrow -\infty \text{ if } \textstyle\sum_{w:\, z_w \le z_v} \mathrm{softmax}(z)_w \le 1 - p
+        \text{ (except the largest)}                                   && \text{(top-p)} \\
+    k &= \arg\max_v \big( z_v + g_v \big), \quad g_v = -\log(-\log u_v)  && \text{(Gumbel-max)}
+
+The Gumbel-max trick draws exactly from ``softmax(z)``. The uniforms ``u`` come from the
+counter-based Philox generator Triton uses in ``tl.rand``: ``u = philox(seed, counter)`` with
+counter ``(b * l + i) * V + v``, so a draw depends only on the explicit integer ``seed`` (and
+not on the order in which programs run). The reference implements the same Philox-4x32-10
+in integer PyTorch ops, so both backends draw the same code for the same seed.
+(``hart_edu.ar_transformer.sample_indices`` draws with ``torch.multinomial`` instead: same
+distribution, different random numbers.)
+
+The Triton kernel gives each program one token's whole row of V logits. The top-k threshold
+and the top-p cut are found without sorting, by bisection over the 2^32 float32 values (as
+order-preserving int32 keys): 32 steps of "how many logits are >= T" for top-k, 33 steps of
+"how much probability lies at or below T" for top-p. On inputs without ties this is exactly
+the sort-based filter of the reference; with tied logits the reference's sort order decides
+which of the tied values a cut keeps, the kernel keeps or drops them together.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .backend import dispatch, jit, next_power_of_2, require_triton, tl
+
+# Philox-4x32 constants (Salmon et al. 2011; as in Triton's tl.rand and cuRAND)
+PHILOX_ROUND_A, PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+PHILOX_KEY_A, PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+PHILOX_ROUNDS = 10
+INT31_TO_UNIT = 4.6566127342e-10  # largest scale with (2^31 - 1) * scale < 1 in float32 (Triton's)
+
+
+class CFGSample(NamedTuple):
+    idx_Bl: torch.Tensor  # (B, l) int64 drawn codes
+    filtered_BlV: torch.Tensor | None  # (B, l, V) float32 guided, filtered logits (if asked for)
+
+
+def _check(logits_NlV: torch.Tensor, top_k: int, top_p: float, seed: int) -> None:
+    if logits_NlV.dim() != 3 or logits_NlV.shape[0] % 2:
+        raise ValueError(f"logits must be (2B, l, V): B conditional rows then their B unconditional twins, "
+                         f"got {tuple(logits_NlV.shape)}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2^63), got {seed}")
+    if top_k < 0 or not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"need top_k >= 0 and 0 <= top_p <= 1, got top_k={top_k}, top_p={top_p}")
+
+
+# --------------------------------------------------------------------------------------
+# Reference
+# --------------------------------------------------------------------------------------
+
+
+def filter_top_k_top_p(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """-inf outside the top-k (>= the k-th largest; k = 0 or k >= V: off) and outside the top-p
+    nucleus (sort ascending, drop where the cumulative probability is <= 1 - p, keep the last;
+    p = 0: off). The same rule as ``hart_edu.ar_transformer.filter_top_k_top_p``."""
+    V = logits_BlV.shape[-1]
+    out = logits_BlV.clone()
+    if 0 < top_k < V:
+        kth_Bl1 = out.topk(top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth_Bl1, float("-inf"))
+    if top_p > 0:
+        sorted_BlV, order_BlV = out.sort(dim=-1)
+        drop_sorted_BlV = sorted_BlV.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        drop_sorted_BlV[..., -1] = False  # always keep the most likely code
+        out = out.masked_fill(drop_sorted_BlV.scatter(-1, order_BlV, drop_sorted_BlV), float("-inf"))
+    return out
+
+
+def _mul_hi_lo(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of a * x (a, x < 2^32) with int64 ops that cannot overflow."""
+    p_hi, p_lo = a * (x >> 16), a * (x & 0xFFFF)  # a x = p_hi 2^16 + p_lo, each < 2^48
+    return (p_hi + (p_lo >> 16)) >> 16, (((p_hi & 0xFFFF) << 16) + p_lo) & 0xFFFFFFFF
+
+
+def philox_uniform(seed: int, counter: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) float32 per int64 ``counter``: Philox-4x32-10 keyed by ``seed`` (= Triton's tl.rand)."""
+    M = 0xFFFFFFFF
+    c0, c1 = counter & M, (counter >> 32) & M
+    c2, c3 = torch.zeros_like(counter), torch.zeros_like(counter)
+    k0, k1 = seed & M, (seed >> 32) & M
+    for _ in range(PHILOX_ROUNDS):
+        hi_b, lo_b = _mul_hi_lo(PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mul_hi_lo(PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + PHILOX_KEY_A) & M, (k1 + PHILOX_KEY_B) & M
+    r = torch.where(c0 >= 2**31, c0 - 2**32, c0)  # the 32 bits as a signed int32
+    r = torch.where(r < 0, -r - 1, r)  # ~r: fold the negative half onto [0, 2^31)
+    return r.float() * torch.tensor(INT31_TO_UNIT, dtype=torch.float32)
+
+
+def cfg_sample_reference(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float, seed: int,
+                         keep_filtered: bool = False) -> CFGSample:
+    """(1 + t) cond - t uncond, top-k / top-p, Gumbel-max with Philox(seed) -> idx_Bl (int64).
+
+    ``keep_filtered``: also return the guided, filtered logits (e.g. for a Gumbel-softmax)."""
+    _check(logits_NlV, top_k, top_p, seed)
+    B, l, V = logits_NlV.shape[0] // 2, logits_NlV.shape[1], logits_NlV.shape[2]
+    logits_BlV = (1 + guidance) * logits_NlV[:B].float() - guidance * logits_NlV[B:].float()
+    filtered_BlV = filter_top_k_top_p(logits_BlV, top_k, top_p)
+    counter_BlV = torch.arange(B * l * V, dtype=torch.int64, device=logits_NlV.device).view(B, l, V)
+    gumbel_BlV = -torch.log(-torch.log(philox_uniform(seed, counter_BlV)))
+    idx_Bl = (filtered_BlV + gumbel_BlV).argmax(dim=-1)
+    return CFGSample(idx_Bl, filtered_BlV if keep_filtered else None)
+
+
+# --------------------------------------------------------------------------------------
+# Triton
+# --------------------------------------------------------------------------------------
+
+
+@jit
+def _sortable_key(x):
+    """int32 keys in the order of the float32 values: flip the magnitude bits of negatives."""
+    bits = x.to(tl.int32, bitcast=True)
+    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+
+
+@jit
+def _cfg_sample_kernel(logits_ptr, idx_ptr, filtered_ptr, B, l, V, one_plus_t, t, top_k, drop_mass, seed,
+                       KEEP_FILTERED: tl.constexpr, BLOCK_V: tl.constexpr):
+    row = tl.program_id(0)  # b * l + i
+    b, i = row // l, row % l
+    v_V = tl.arange(0, BLOCK_V)
+    in_V = v_V < V
+    cond_V = tl.load(logits_ptr + (b * l + i) * V + v_V, mask=in_V, other=0.0).to(tl.float32)
+    uncond_V = tl.load(logits_ptr + ((B + b) * l + i) * V + v_V, mask=in_V, other=0.0).to(tl.float32)
+    z_V = one_plus_t * cond_V - t * uncond_V + 0.0  # (1 + t) z_c - t z_u  (+0.0 turns -0.0 into +0.0)
+    z_V = tl.where(in_V, z_V, float("-inf"))
+    key_V = tl.where(in_V, _sortable_key(z_V), -2147483648)
+
+    # top-k: the largest key T with #{v : key_v >= T} >= k is the k-th largest logit's key
+    lo = tl.full((), -2147483648, tl.int64)
+    hi = tl.full((), 2147483647, tl.int64)
+    for _ in range(32):
+        mid = (lo + hi + 1) // 2
+        enough = tl.sum(((key_V >= mid) & in_V).to(tl.int32), axis=0) >= top_k
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, hi, mid - 1)
+    z_V = tl.where(key_V >= lo, z_V, float("-inf"))
+
+    # top-p: the largest key T whose probability at or below it is <= 1 - p; drop keys <= T
+    p_V = tl.exp(z_V - tl.max(z_V, axis=0))
+    p_V = p_V / tl.sum(p_V, axis=0)
+    key_V = tl.where(in_V, _sortable_key(z_V), -2147483648)
+    lo = tl.full((), -2147483649, tl.int64)  # below every key: drop nothing
+    hi = tl.full((), 2147483647, tl.int64)
+    for _ in range(33):
+        mid = (lo + hi + 1) // 2
+        small = tl.sum(tl.where(key_V <= mid, p_V, 0.0), axis=0) <= drop_mass
+        lo = tl.where(small, mid, lo)
+        hi = tl.where(small, hi, mid - 1)
+    drop_V = (key_V <= lo) & (key_V < tl.max(key_V, axis=0))  # the most likely code always stays
+    z_V = tl.where(drop_V | ~in_V, float("-inf"), z_V)
+    if KEEP_FILTERED:
+        tl.store(filtered_ptr + row * V + v_V, z_V, mask=in_V)
+
+    # Gumbel-max with Philox uniforms at counter row * V + v
+    u_V = tl.rand(seed, row.to(tl.int64) * V + v_V)
+    g_V = -tl.log(-tl.log(u_V))
+    tl.store(idx_ptr + row, tl.argmax(z_V + g_V, axis=0, tie_break_left=True).to(tl.int64))
+
+
+def cfg_sample_triton(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float, seed: int,
+                      keep_filtered: bool = False) -> CFGSample:
+    """The fused Triton kernel: one program per token, the whole vocabulary in registers."""
+    _check(logits_NlV, top_k, top_p, seed)
+    require_triton(logits_NlV)
+    N, l, V = logits_NlV.shape
+    B = N // 2
+    logits_NlV = logits_NlV.contiguous()
+    idx_Bl = torch.empty((B, l), dtype=torch.int64, device=logits_NlV.device)
+    filtered_BlV = torch.empty((B, l, V), dtype=torch.float32, device=logits_NlV.device) if keep_filtered else None
+    k = top_k if 0 < top_k < V else V  # k = V keeps every logit
+    drop_mass = 1.0 - top_p if top_p > 0 else -1.0  # -1: no probability mass is small enough, keep all
+    unused = idx_Bl  # any pointer will do where KEEP_FILTERED is off: the kernel never writes it
+    _cfg_sample_kernel[(B * l,)](logits_NlV, idx_Bl, filtered_BlV if keep_filtered else unused, B, l, V,
+                                 1.0 + guidance, guidance, k, drop_mass, seed,
+                                 KEEP_FILTERED=keep_filtered, BLOCK_V=next_power_of_2(V))
+    return CFGSample(idx_Bl, filtered_BlV)
+
+
+def cfg_sample(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float, seed: int,
+               keep_filtered: bool = False) -> CFGSample:
+    """Guided, filtered Gumbel-max sample with the backend chosen by ``backend.use_backend``."""
+    return dispatch(cfg_sample_reference, cfg_sample_triton)(logits_NlV, guidance, top_k, top_p, seed, keep_filtered)
