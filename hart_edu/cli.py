@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def read_prompt_file(path: Path) -> list[str]:
     """One prompt per line (UTF-8, an optional BOM), blank lines skipped."""
     if not path.is_file():
-        raise FileNotFoundError(f"--prompt-file {path} does not exist")
+        raise FileNotFoundError(f"--prompt-file {path} does not exist (or is not a file)")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")

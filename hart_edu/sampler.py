@@ -352,16 +352,18 @@ class HARTPipeline:
         ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
         """
         request = check_sample_request(prompts, cfg, top_k, top_p, num_images_per_prompt)
+        rng = _generator_from(seed, generator, self.device)
+        used_seed = None if generator is not None else (DEFAULT_SEED if seed is None else int(seed))
         if residual and not self.tokenizer.config.is_hybrid:
             raise ValueError("residual=True needs a hybrid tokenizer (quantizer_type 'var_hybrid')")
+        if not isinstance(diffusion_temperature, numbers.Real) or not 0 < diffusion_temperature < math.inf:
+            raise ValueError(f"diffusion_temperature={diffusion_temperature!r} must be a positive finite number")
         if request.top_k and quirks.top_k_override:
             warnings.warn(
                 f"top_k={request.top_k} is ignored: the official code overrides it with 600/300 "
                 f"(pass quirks=OfficialQuirks(top_k_override=False) to use it)",
                 stacklevel=2,
             )
-        rng = _generator_from(seed, generator, self.device)
-        used_seed = None if generator is not None else (DEFAULT_SEED if seed is None else int(seed))
         settings = SamplingSettings(
             cfg=request.cfg, top_k=request.top_k, top_p=request.top_p, greedy=greedy,
             more_smooth=more_smooth, num_maskgit_iters=1, final_stage=0 if residual else 1,

@@ -200,6 +200,7 @@ def test_ignored_top_k_is_announced(pipe, recwarn):
         (dict(num_images_per_prompt=0), "num_images_per_prompt"),
         (dict(seed=-1), "seed"),
         (dict(seed=1, generator=torch.Generator()), "not both"),
+        (dict(diffusion_temperature=0.0), "diffusion_temperature"),
     ],
 )
 def test_bad_arguments_are_clear_value_errors(pipe, kwargs, match):
