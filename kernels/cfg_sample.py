@@ -131,7 +131,7 @@ def _sortable_key(x):
 @jit
 def _cfg_sample_kernel(logits_ptr, idx_ptr, filtered_ptr, B, l, V, one_plus_t, t, top_k, drop_mass, seed,
                        KEEP_FILTERED: tl.constexpr, BLOCK_V: tl.constexpr):
-    row = tl.program_id(0)  # b * l + i
+    row = tl.program_id(0).to(tl.int64)  # b * l + i (int64: B l V may exceed 2^31)
     b, i = row // l, row % l
     v_V = tl.arange(0, BLOCK_V)
     in_V = v_V < V
@@ -168,7 +168,7 @@ def _cfg_sample_kernel(logits_ptr, idx_ptr, filtered_ptr, B, l, V, one_plus_t, t
         tl.store(filtered_ptr + row * V + v_V, z_V, mask=in_V)
 
     # Gumbel-max with Philox uniforms at counter row * V + v
-    u_V = tl.rand(seed, row.to(tl.int64) * V + v_V)
+    u_V = tl.rand(seed, row * V + v_V)
     g_V = -tl.log(-tl.log(u_V))
     tl.store(idx_ptr + row, tl.argmax(z_V + g_V, axis=0, tie_break_left=True).to(tl.int64))
 

@@ -64,7 +64,7 @@ def nearest_code_reference(z_NC: torch.Tensor, codebook_VC: torch.Tensor, cosine
 @jit
 def _nearest_code_kernel(z_ptr, e_ptr, idx_ptr, N, V, C,
                          BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
-    n_N = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_N = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     in_N = n_N < N
     best_N = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
     best_idx_N = tl.zeros((BLOCK_N,), dtype=tl.int64)

@@ -80,7 +80,7 @@ def _forward_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, rstd_ptr, L, C, e
     s_C = tl.load(scale_ptr + n * C + c_C, mask=in_C, other=0.0).to(tl.float32)
     b_C = tl.load(shift_ptr + n * C + c_C, mask=in_C, other=0.0).to(tl.float32)
 
-    offs_LC = (n * L + l_L)[:, None] * C + c_C[None, :]
+    offs_LC = (n * L + l_L).to(tl.int64)[:, None] * C + c_C[None, :]  # int64: > 2^31 elements
     x_LC = tl.load(x_ptr + offs_LC, mask=in_LC, other=0.0).to(tl.float32)
     rstd_L = 1.0 / tl.sqrt(tl.sum(x_LC * x_LC, axis=1) / C + eps)  # r = 1 / sqrt(mean x^2 + eps)
     y_LC = x_LC * rstd_L[:, None] * (w_C * (1.0 + s_C))[None, :] + b_C[None, :]
@@ -107,7 +107,7 @@ def _backward_kernel(g_ptr, x_ptr, w_ptr, scale_ptr, rstd_ptr, dx_ptr, dw_ptr, d
         l_L = start + tl.arange(0, BLOCK_L)
         in_L = (l_L < L) & (l_L < first + TOKENS_PER_PROGRAM)
         in_LC = in_L[:, None] & in_C[None, :]
-        offs_LC = (n * L + l_L)[:, None] * C + c_C[None, :]
+        offs_LC = (n * L + l_L).to(tl.int64)[:, None] * C + c_C[None, :]
         g_LC = tl.load(g_ptr + offs_LC, mask=in_LC, other=0.0).to(tl.float32)
         x_LC = tl.load(x_ptr + offs_LC, mask=in_LC, other=0.0).to(tl.float32)
         rstd_L = tl.load(rstd_ptr + n * L + l_L, mask=in_L, other=0.0)

@@ -95,7 +95,7 @@ def rope_reference(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: tor
 def _rope_kernel(q_ptr, k_ptr, pos_ptr, f_ptr, q_out_ptr, k_out_ptr,
                  H, L, q_sN, q_sH, q_sL, k_sN, k_sH, k_sL,
                  P: tl.constexpr, HALF: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    n = tl.program_id(0)
+    n = tl.program_id(0).to(tl.int64)  # int64 offsets: tensors may exceed 2^31 elements
     l_L = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     i_D = tl.arange(0, BLOCK_HALF)  # dimension i of the first half; its partner is i + d/2
     in_L, in_D = l_L < L, i_D < HALF
@@ -142,8 +142,8 @@ def rope_triton(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: torch.
     N, H, L, d = q_NHLd.shape
     pos_NLP = position_ids.float().reshape(N, L, P).contiguous()
     f_J = inv_freq(d, P, base).to(q_NHLd.device)
-    q_out, k_out = torch.empty(q_NHLd.shape, dtype=q_NHLd.dtype, device=q_NHLd.device), torch.empty(
-        k_NHLd.shape, dtype=k_NHLd.dtype, device=k_NHLd.device)
+    q_out = torch.empty(q_NHLd.shape, dtype=q_NHLd.dtype, device=q_NHLd.device)  # contiguous (N, H, L, d)
+    k_out = torch.empty(k_NHLd.shape, dtype=k_NHLd.dtype, device=k_NHLd.device)
     BLOCK_HALF = next_power_of_2(d // 2)
     BLOCK_L = block_l or max(1, min(next_power_of_2(L), 2048 // BLOCK_HALF))
     _rope_kernel[(N, cdiv(L, BLOCK_L))](q_NHLd, k_NHLd, pos_NLP, f_J, q_out, k_out, H, L,

@@ -39,7 +39,7 @@ def swiglu_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @jit
 def _forward_kernel(a_ptr, b_ptr, y_ptr, numel, BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = i < numel
     a = tl.load(a_ptr + i, mask=inside, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + i, mask=inside, other=0.0).to(tl.float32)
@@ -49,7 +49,7 @@ def _forward_kernel(a_ptr, b_ptr, y_ptr, numel, BLOCK: tl.constexpr):
 
 @jit
 def _backward_kernel(g_ptr, a_ptr, b_ptr, da_ptr, db_ptr, numel, BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = i < numel
     g = tl.load(g_ptr + i, mask=inside, other=0.0).to(tl.float32)
     a = tl.load(a_ptr + i, mask=inside, other=0.0).to(tl.float32)
