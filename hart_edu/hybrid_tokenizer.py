@@ -363,7 +363,7 @@ class HybridTokenizer(nn.Module):
 
     def decode(self, fhat_BChw: torch.Tensor) -> torch.Tensor:
         """Latent -> image in [-1, 1] (``decoder(post_quant_conv(f_hat)).clamp(-1, 1)``)."""
-        c, full = self.config.z_channels, self.config.v_patch_nums[-1]
+        c = self.config.z_channels
         if fhat_BChw.dim() != 4 or fhat_BChw.shape[1] != c:
             raise ValueError(f"expected a latent (B, {c}, h, w), got {tuple(fhat_BChw.shape)}")
         return self.decoder(self.post_quant_conv(fhat_BChw)).clamp(-1, 1)

@@ -8,7 +8,6 @@ token id i).
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 

@@ -1,12 +1,12 @@
 """Train a tiny hybrid tokenizer on the captioned scenes, on a CPU, in minutes.
 
-    python -m hart_edu.train.tokenizer --out weights/tiny/tokenizer --steps 1200
+    python -m hart_edu.train.tokenizer --out weights/tiny/tokenizer --steps 3000
 
 What one step does (the HART tokenizer recipe, shrunk):
 
 1. encode a batch of 64x64 scenes to ``f`` and quantize it over the scales;
-2. decode either the hybrid latent (discrete + continuous residual) or the discrete one
-   alone, alternating step by step, so one decoder serves both (HART's decoder must render
+2. decode the hybrid latent (discrete + continuous residual), or, every
+   ``--discrete-every``-th step, the discrete one alone, so one decoder serves both (HART's decoder must render
    the transformer's discrete-only output as well as the hybrid one);
 3. loss = MSE(reconstruction, image) + VQ loss (codebook + beta * commitment, over scales);
 4. every ``--restart-every`` steps, codes that no scale picked since the last restart are
@@ -36,11 +36,12 @@ from tqdm import tqdm
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
 from hart_edu.images import psnr
-from hart_edu.vq import codebook_usage, nearest_code
+from hart_edu.vq import codebook_usage
 
 TINY_TOKENIZER = TokenizerConfig(
     vocab_size=256,
-    z_channels=8,
+    beta=0.02,  # weak commitment: the latent may hold more than the codes, the residual keeps it
+    z_channels=16,
     ch=32,
     ch_mult=(1, 1, 2, 2),  # 64x64 image -> 8x8 latent; channels 32, 32, 64, 64
     v_patch_nums=(1, 2, 3, 4, 6, 8),
@@ -55,12 +56,13 @@ TINY_TOKENIZER = TokenizerConfig(
 
 @dataclass
 class TrainSettings:
-    steps: int = 1200
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100
     seed: int = 0
     restart_every: int = 50
+    discrete_every: int = 3  # every n-th step decodes the discrete latent alone
     image_size: int = 64
     train_examples: int = 200_000
     bf16: bool = True  # autocast matmuls/convs to bfloat16 on the CPU (AMX), weights stay fp32
@@ -127,6 +129,7 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
         tok = HybridTokenizer(config)
     opt = torch.optim.AdamW(tok.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)
     history: list[dict] = []
+    hits_V = torch.zeros(config.vocab_size, dtype=torch.long)  # code hits since the last restart
     step = 0
     state_path = run / "state.pt"
     if resume and state_path.is_file():
@@ -135,17 +138,17 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         step, history = int(state["step"]), json.loads(state["history"])
+        hits_V = state["hits"]
         print(f"resumed from {state_path} at step {step}")
 
     data = SceneDataset("train", size=s.image_size, length=s.train_examples, seed=s.seed)
-    hits_V = torch.zeros(config.vocab_size, dtype=torch.long)
     tok.train()
     bar = tqdm(total=s.steps, initial=step, desc="tokenizer", unit="step")
     t0 = time.time()
     while step < s.steps:
         first = (step * s.batch_size) % s.train_examples
         img_B3HW = torch.stack([data[(first + i) % s.train_examples].image_3HW for i in range(s.batch_size)])
-        keep_residual = step % 2 == 0
+        keep_residual = step % s.discrete_every != s.discrete_every - 1
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, s)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
@@ -173,7 +176,7 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
         bar.set_postfix(loss=f"{float(loss):.4f}", usage=f"{q.usage:.0f}%")
         if step % 200 == 0 or step == s.steps:
             torch.save({"model": tok.state_dict(), "optimizer": opt.state_dict(),
-                        "generator": g.get_state(), "step": step,
+                        "generator": g.get_state(), "step": step, "hits": hits_V,
                         "history": json.dumps(history)}, state_path)
     bar.close()
 
