@@ -117,11 +117,18 @@ def load_pipeline(root: str | Path):
 
 
 def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Generator,
-                       more_smooth: bool = False) -> Generator:
-    """Images from the pipeline for the scenes' captions, all draws from ``generator``."""
+                       more_smooth: bool = False, top_k: int = 0, top_p: float = 0.0,
+                       greedy: bool = False) -> Generator:
+    """Images from the pipeline for the scenes' captions, all draws from ``generator``.
+
+    ``top_k`` > 0 switches the official top-k override off so that the given k is used."""
+    from hart_edu.ar_transformer import OfficialQuirks
+
+    quirks = OfficialQuirks(top_k_override=not top_k)
 
     def generate(scenes: Sequence[Scene]) -> torch.Tensor:
         out = pipe([s.caption for s in scenes], cfg=cfg, residual=residual, more_smooth=more_smooth,
+                   top_k=top_k or None, top_p=top_p or None, greedy=greedy, quirks=quirks,
                    generator=generator, progress=False)
         return out.image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the checker's range
 
@@ -201,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cfg", type=float, default=DEFAULT_CFG, help=f"guidance scale (default {DEFAULT_CFG})")
     p.add_argument("--no-residual", action="store_true", help="discrete tokens only (no diffusion head)")
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-smoothed codes (sample.py's default)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0: all)")
+    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0: off)")
+    p.add_argument("--greedy", action="store_true", help="argmax codes at every scale")
     p.add_argument("--sweep", action="store_true", help=f"also score cfg in {SWEEP_CFGS} and plot it")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the held-out caption list")
@@ -217,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(cfg: float) -> EvalResult:
         g = torch.Generator().manual_seed(args.seed)
-        gen = pipeline_generator(pipe, cfg, residual, g, more_smooth=args.more_smooth)
+        gen = pipeline_generator(pipe, cfg, residual, g, more_smooth=args.more_smooth, top_k=args.top_k,
+                                 top_p=args.top_p, greedy=args.greedy)
         with torch.no_grad():
             return evaluate(gen, scenes, args.batch_size)
 
     report: dict = {"weights": str(args.weights), "n": args.n, "residual": residual, "seed": args.seed,
-                    "more_smooth": args.more_smooth}
+                    "more_smooth": args.more_smooth, "top_k": args.top_k, "top_p": args.top_p,
+                    "greedy": args.greedy}
     if args.sweep:
         sweep = []
         for cfg in SWEEP_CFGS:
