@@ -2,8 +2,9 @@
 
 Columns: the original, its discrete-only reconstruction (the indices alone) and its hybrid
 reconstruction (indices + the continuous residual), each with its PSNR. The tokenizer is
-the tiny one trained here on the captioned scenes, so the photo is out of its training
-distribution: the discrete tokens alone lose it, the residual brings it back.
+the tiny one trained here on the captioned scenes: on held-out scenes the residual adds about
+3 dB; the photo is far outside what it has seen (flat shapes only), and neither path renders
+it: a tokenizer only reconstructs the kind of images it was trained on.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Train a tiny hybrid tokenizer on the captioned scenes, on a CPU, in minutes.
 
-    python -m hart_edu.train.tokenizer --out weights/tiny/tokenizer --steps 3000
+    python -m hart_edu.train.tokenizer --steps 2000                       # phase 1
+    python -m hart_edu.train.tokenizer --steps 3500 --resume \
+        --freeze-encoder --discrete-every 0                                # phase 2
 
 What one step does (the HART tokenizer recipe, shrunk):
 
@@ -12,6 +14,11 @@ What one step does (the HART tokenizer recipe, shrunk):
 4. every ``--restart-every`` steps, codes that no scale picked since the last restart are
    moved onto latent vectors of the current batch (dead-code restart), which keeps the
    codebook in use.
+
+Phase 2 (HART's recipe: the tokenizer is first trained for discrete tokens, then its decoder
+is fine-tuned for the hybrid latent): ``--freeze-encoder`` freezes the encoder, quant_conv and
+codebook, so the discrete tokens no longer change, and ``--discrete-every 0`` trains the
+decoder on the hybrid latent only, so it learns to use every detail of the residual.
 
 Seeded and resumable: the data is a pure function of (seed, index), the model init and the
 code restarts draw from one ``torch.Generator`` whose state is saved with the checkpoint.
@@ -56,13 +63,14 @@ TINY_TOKENIZER = TokenizerConfig(
 
 @dataclass
 class TrainSettings:
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100
     seed: int = 0
     restart_every: int = 50
-    discrete_every: int = 3  # every n-th step decodes the discrete latent alone
+    discrete_every: int = 3  # every n-th step decodes the discrete latent alone (0: never)
+    freeze_encoder: bool = False  # phase 2: train only post_quant_conv + decoder (HART's recipe)
     image_size: int = 64
     train_examples: int = 200_000
     bf16: bool = True  # autocast matmuls/convs to bfloat16 on the CPU (AMX), weights stay fp32
@@ -141,6 +149,9 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
         hits_V = state["hits"]
         print(f"resumed from {state_path} at step {step}")
 
+    if s.freeze_encoder:  # the discrete tokens stay exactly as phase 1 made them
+        for module in (tok.encoder, tok.quant_conv, tok.quantizer):
+            module.requires_grad_(False)
     data = SceneDataset("train", size=s.image_size, length=s.train_examples, seed=s.seed)
     tok.train()
     bar = tqdm(total=s.steps, initial=step, desc="tokenizer", unit="step")
@@ -148,7 +159,7 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
     while step < s.steps:
         first = (step * s.batch_size) % s.train_examples
         img_B3HW = torch.stack([data[(first + i) % s.train_examples].image_3HW for i in range(s.batch_size)])
-        keep_residual = step % s.discrete_every != s.discrete_every - 1
+        keep_residual = s.discrete_every == 0 or step % s.discrete_every != s.discrete_every - 1
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, s)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
@@ -165,7 +176,7 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
         for idx in q.idx_Bl:
             hits_V += torch.bincount(idx.flatten(), minlength=config.vocab_size)
         restarted = 0
-        if (step + 1) % s.restart_every == 0 and step + 1 < 0.8 * s.steps:
+        if (step + 1) % s.restart_every == 0 and step + 1 < 0.8 * s.steps and not s.freeze_encoder:
             restarted = _restart_dead_codes(tok, hits_V, f_BChw.detach(), g)
             hits_V.zero_()
         history.append({"step": step, "loss": float(loss), "recon_mse": float(rec_loss),
