@@ -15,17 +15,18 @@ SMALL = TokenizerConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), v_pa
                         quantizer_type="var_hybrid", hybrid=True, freeze_codebook_for_hybrid=False)
 
 
-def settings(steps: int) -> TrainSettings:
+def settings(steps: int, examples: int = 64) -> TrainSettings:
     return TrainSettings(steps=steps, batch_size=4, lr=3e-3, warmup=2, restart_every=5,
-                         image_size=16, train_examples=64, bf16=False)
+                         image_size=16, train_examples=examples, bf16=False)
 
 
 def test_loss_falls_and_output_loads(tmp_path):
-    report = train(tmp_path / "tok", tmp_path / "run", settings(40), config=SMALL)
+    # one fixed batch of 4 scenes, seen again and again: the loss must fall
+    report = train(tmp_path / "tok", tmp_path / "run", settings(60, examples=4), config=SMALL)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     first = sum(h["recon_mse"] for h in history[:6]) / 6
     last = sum(h["recon_mse"] for h in history[-6:]) / 6
-    assert last < 0.6 * first, (first, last)
+    assert last < 0.5 * first, (first, last)
     tok = HybridTokenizer.from_pretrained(tmp_path / "tok")
     assert tok.config == SMALL
     assert report["psnr_hybrid_db"] > report["psnr_discrete_db"]

@@ -1,0 +1,24 @@
+"""`make demo` (hart-edu demo): writes the comparison figure; clear errors for bad paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from hart_edu.cli import main
+from hart_edu.paths import TINY_WEIGHTS
+
+
+@pytest.mark.skipif(not (TINY_WEIGHTS / "tokenizer").is_dir(), reason="weights/tiny not built")
+def test_demo_writes_a_png_and_prints_psnr(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert printed.count("PSNR discrete-only") == 4 and "hybrid" in printed
+
+
+def test_demo_with_a_wrong_weights_path_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
