@@ -22,6 +22,19 @@ def golden_available() -> bool:
     return (GOLDEN_DIR / "tiny-golden.json").is_file()
 
 
+# for test modules: @needs_golden skips (or, under HART_EDU_REQUIRE_GOLDEN=1, the session stops)
+needs_golden = pytest.mark.skipif(not golden_available(),
+                                  reason=f"golden fixtures not found at {GOLDEN_DIR} (set HART_EDU_GOLDEN)")
+
+
+def pytest_sessionstart(session):
+    """Under HART_EDU_REQUIRE_GOLDEN=1 a missing golden folder stops the run at once (no test
+    module's own skip can hide it)."""
+    if os.environ.get("HART_EDU_REQUIRE_GOLDEN") == "1" and not golden_available():
+        pytest.exit(f"golden fixtures required (HART_EDU_REQUIRE_GOLDEN=1) but not found at {GOLDEN_DIR}",
+                    returncode=1)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not golden_available():

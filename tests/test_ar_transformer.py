@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,7 @@ from hart_edu.ar_transformer import (
 )
 from hart_edu.checkpoint import CheckpointError, config_from_dict, load_weight_file, read_config
 
-GOLDEN = Path(os.environ.get("HART_EDU_GOLDEN", Path(__file__).resolve().parents[1].parent / "shared" / "golden"))
-needs_golden = pytest.mark.skipif(
-    not (GOLDEN / "tiny-golden.json").is_file(),
-    reason=f"golden fixtures not found at {GOLDEN} (set HART_EDU_GOLDEN)",
-)
+from conftest import GOLDEN_DIR as GOLDEN, needs_golden  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,12 +16,7 @@ from hart_edu.residual_diffusion import (
     space_timesteps,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("HART_EDU_GOLDEN", REPO.parent / "shared" / "golden"))
-needs_golden = pytest.mark.skipif(
-    not (GOLDEN_DIR / "tiny-golden.json").is_file(),
-    reason=f"golden fixtures not found at {GOLDEN_DIR} (set HART_EDU_GOLDEN)",
-)
+from conftest import GOLDEN_DIR, needs_golden  # noqa: E402
 
 
 def tiny_head(seed: int = 0, **overrides) -> ResidualDiffusion:

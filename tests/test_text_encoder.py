@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,12 +19,7 @@ from hart_edu.text_encoder import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("HART_EDU_GOLDEN", REPO.parent / "shared" / "golden"))
-needs_golden = pytest.mark.skipif(
-    not (GOLDEN_DIR / "tiny-golden.json").is_file(),
-    reason=f"golden fixtures not found at {GOLDEN_DIR} (set HART_EDU_GOLDEN)",
-)
+from conftest import GOLDEN_DIR, needs_golden  # noqa: E402
 
 # The tiny text encoder's special ids (golden README): bos 120, eos 121, pad 127.
 PAD_ID, UNK_ID, VOCAB = 127, 126, 128
