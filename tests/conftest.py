@@ -1,9 +1,4 @@
-"""Shared test fixtures: where the golden parity fixtures live.
-
-The golden folder is ``$HART_EDU_GOLDEN`` or ``<repo>/../shared/golden``. Tests that need it
-are skipped with a reason when it is absent, except under ``HART_EDU_REQUIRE_GOLDEN=1``
-(set by ``make test``), where its absence is a failure: CI must never pass by skipping parity.
-"""
+"""Shared test set-up: offline mode, and the golden fixtures (see golden_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("HART_EDU_GOLDEN", REPO.parent / "shared" / "golden"))
-
-
-def golden_available() -> bool:
-    return (GOLDEN_DIR / "tiny-golden.json").is_file()
-
-
-# for test modules: @needs_golden skips (or, under HART_EDU_REQUIRE_GOLDEN=1, the session stops)
-needs_golden = pytest.mark.skipif(not golden_available(),
-                                  reason=f"golden fixtures not found at {GOLDEN_DIR} (set HART_EDU_GOLDEN)")
+from golden_fixtures import GOLDEN_DIR, golden_available  # noqa: E402
 
 
 def pytest_sessionstart(session):
@@ -38,7 +23,5 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not golden_available():
-        if os.environ.get("HART_EDU_REQUIRE_GOLDEN") == "1":
-            pytest.fail(f"golden fixtures required but not found at {GOLDEN_DIR}")
         pytest.skip(f"golden fixtures not found at {GOLDEN_DIR} (set HART_EDU_GOLDEN)")
     return GOLDEN_DIR

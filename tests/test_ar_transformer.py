@@ -19,7 +19,7 @@ from hart_edu.ar_transformer import (
 )
 from hart_edu.checkpoint import CheckpointError, config_from_dict, load_weight_file, read_config
 
-from conftest import GOLDEN_DIR as GOLDEN, needs_golden  # noqa: E402
+from golden_fixtures import GOLDEN_DIR as GOLDEN, needs_golden  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hart_edu.residual_diffusion import (
     space_timesteps,
 )
 
-from conftest import GOLDEN_DIR, needs_golden  # noqa: E402
+from golden_fixtures import GOLDEN_DIR, needs_golden  # noqa: E402
 
 
 def tiny_head(seed: int = 0, **overrides) -> ResidualDiffusion:

@@ -19,7 +19,7 @@ from hart_edu.text_encoder import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from conftest import GOLDEN_DIR, needs_golden  # noqa: E402
+from golden_fixtures import GOLDEN_DIR, needs_golden  # noqa: E402
 
 # The tiny text encoder's special ids (golden README): bos 120, eos 121, pad 127.
 PAD_ID, UNK_ID, VOCAB = 127, 126, 128
