@@ -175,3 +175,14 @@ def test_resume_continues_exactly(tokenizer_folder, tmp_path):
         assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     with pytest.raises(ValueError, match="other settings"):
         train(tokenizer_folder, tmp_path / "b", small_settings(steps=5), resume=True, progress=False)
+
+
+def test_init_from_a_saved_folder_continues_from_its_weights(tokenizer_folder, tmp_path):
+    first = train(tokenizer_folder, tmp_path / "a", small_settings(steps=3), progress=False)
+    save_pretrained(first, tmp_path / "llm")
+    second = train(tokenizer_folder, tmp_path / "b", small_settings(steps=1, lr=1e-12, ema=0.999), progress=False,
+                   init_from=tmp_path / "llm")
+    for k, v in first.model.state_dict().items():  # one step at lr ~0 leaves the weights where they were
+        torch.testing.assert_close(second.model.state_dict()[k], v, rtol=0, atol=1e-6)
+    for k, v in first.ema_state.items():  # the EMA continues from the saved EMA
+        torch.testing.assert_close(second.ema_state[k], v, rtol=0, atol=1e-2)

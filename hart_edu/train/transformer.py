@@ -444,10 +444,13 @@ class TrainResult(NamedTuple):
 
 
 def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, progress: bool = True,
-          text: TextEncoder | None = None, stop_at: int | None = None) -> TrainResult:
+          text: TextEncoder | None = None, stop_at: int | None = None,
+          init_from: Path | None = None) -> TrainResult:
     """Train from scratch (or resume ``run/state.pt``); returns the model, EMA and history.
 
-    ``stop_at``: leave after this many steps (state saved), as an interrupted run would."""
+    ``stop_at``: leave after this many steps (state saved), as an interrupted run would.
+    ``init_from``: start from a saved ``llm/`` folder (its last weights, and its EMA as the
+    EMA's start) instead of a fresh init, with a new schedule: training in several sittings."""
     run.mkdir(parents=True, exist_ok=True)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -464,6 +467,12 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         model = HARTTransformer(config, vocab_size=tok.config.vocab_size, vae_channels=tok.config.z_channels)
         init_weights(model)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if init_from is not None:
+        from hart_edu.checkpoint import find_weight_file, load_weight_file
+
+        model.load_official_state_dict(load_weight_file(find_weight_file(init_from)), source=str(init_from))
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ema.update(load_weight_file(Path(init_from) / "ema_model.bin"))
     opt = torch.optim.AdamW(_param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
     step, history = 0, []
     state_path = run / "state.pt"
@@ -492,7 +501,8 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
         opt.step()
         # EMA with a warm-up: the decay grows as (1 + step) / (10 + step) until it reaches s.ema
-        _ema_update(ema, model, min(s.ema, (1 + step) / (10 + step)))
+        # (no warm-up when continuing from a saved EMA)
+        _ema_update(ema, model, s.ema if init_from is not None else min(s.ema, (1 + step) / (10 + step)))
         history.append({"step": step, "loss": float(losses.loss.detach()), "ce": float(losses.ce.detach()),
                         "diffusion": float(losses.diffusion.loss.detach()), "diffusion_mse": float(losses.diffusion.mse.detach()),
                         "diffusion_vb": float(losses.diffusion.vb.detach()), "token_accuracy": losses.accuracy,
@@ -568,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, default=Path("runs/transformer"), help="checkpoints and cached encodings")
     p.add_argument("--report", type=Path, default=Path("weights/tiny/reports"))
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this llm/ folder's weights and EMA (a new schedule: a second sitting)")
     for name, default in asdict(TrainSettings()).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
@@ -576,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(flag, type=type(default), default=default)
     args = p.parse_args(argv)
     settings = TrainSettings(**{k: getattr(args, k) for k in asdict(TrainSettings())})
-    result = train(args.tokenizer, args.run, settings, resume=args.resume)
+    result = train(args.tokenizer, args.run, settings, resume=args.resume, init_from=args.init_from)
     save_pretrained(result, args.out)
     write_text_encoder_pointer(args.out.parent, settings.context_token)
     last = result.history[-50:]
