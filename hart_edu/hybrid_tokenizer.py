@@ -37,9 +37,9 @@ from hart_edu.checkpoint import (
     load_weight_file,
     read_config,
 )
-from hart_edu.vq import MultiScaleCodes, MultiScaleResidualQuantizer, QuantizerOutput
+from hart_edu.vq import MultiScaleCodes, MultiScaleResidualQuantizer
 
-__all__ = ["TokenizerConfig", "HybridTokenizer", "TokenizerEncoding", "TokenizerForward", "MODEL_TYPE"]
+__all__ = ["TokenizerConfig", "HybridTokenizer", "TokenizerEncoding", "MODEL_TYPE"]
 
 MODEL_TYPE = "hart_autoencoder_with_disc"
 ARCHITECTURE = "HARTAutoEncoderWithDisc"
@@ -265,11 +265,6 @@ class TokenizerEncoding(NamedTuple):
         return self.fhat_discrete_BChw + self.residual_BChw
 
 
-class TokenizerForward(NamedTuple):
-    reconstruction_B3HW: torch.Tensor  #: decoder output, not clamped (for the loss)
-    quant: QuantizerOutput
-
-
 def _official_key(key: str) -> str:
     """Our state-dict key -> the official checkpoint's (``vae.`` prefix, ``quantize`` module)."""
     if key.startswith("quantizer."):
@@ -373,9 +368,3 @@ class HybridTokenizer(nn.Module):
         """Encode and decode: discrete-only (``residual=False``) or hybrid (``residual=True``)."""
         enc = self.encode(img_B3HW)
         return self.decode(enc.fhat_full_BChw if residual else enc.fhat_discrete_BChw)
-
-    def forward(self, img_B3HW: torch.Tensor, keep_residual: bool = True) -> "TokenizerForward":
-        """Training pass: the unclamped reconstruction and the quantizer's output (losses, usage)."""
-        q = self.quantizer(self.encode_latent(img_B3HW), keep_residual=keep_residual)
-        return TokenizerForward(self.decoder(self.post_quant_conv(q.fhat_BChw)), q)
-
