@@ -43,6 +43,7 @@ from tqdm import tqdm
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
 from hart_edu.images import psnr
+from hart_edu.train import add_settings_arguments, settings_from_args
 from hart_edu.vq import codebook_usage
 
 TINY_TOKENIZER = TokenizerConfig(
@@ -229,14 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, default=Path("runs/tokenizer"), help="checkpoints and logs")
     p.add_argument("--report", type=Path, default=Path("weights/tiny/reports"))
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
-    for field_name, default in asdict(TrainSettings()).items():
-        flag = "--" + field_name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            p.add_argument(flag, type=type(default), default=default)
+    add_settings_arguments(p, TrainSettings)
     args = p.parse_args(argv)
-    settings = TrainSettings(**{k: getattr(args, k) for k in asdict(TrainSettings())})
+    settings = settings_from_args(TrainSettings, args)
     report = train(args.out, args.run, settings, resume=args.resume)
     history = json.loads((args.run / "history.json").read_text())
     save_report(report, history, args.report)

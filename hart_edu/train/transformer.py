@@ -51,7 +51,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,6 +67,7 @@ from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer
 from hart_edu.residual_diffusion import ResidualDiffusion
 from hart_edu.text_encoder import TextEncoder, TextEncoding
+from hart_edu.train import add_settings_arguments, settings_from_args
 
 __all__ = [
     "TEXT_ENCODER_PACKAGE",
@@ -580,14 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this llm/ folder's weights and EMA (a new schedule: a second sitting)")
-    for name, default in asdict(TrainSettings()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            p.add_argument(flag, type=type(default), default=default)
+    add_settings_arguments(p, TrainSettings)
     args = p.parse_args(argv)
-    settings = TrainSettings(**{k: getattr(args, k) for k in asdict(TrainSettings())})
+    settings = settings_from_args(TrainSettings, args)
     result = train(args.tokenizer, args.run, settings, resume=args.resume, init_from=args.init_from)
     save_pretrained(result, args.out)
     write_text_encoder_pointer(args.out.parent, settings.context_token)
