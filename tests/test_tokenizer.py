@@ -93,9 +93,10 @@ def test_residual_quantization_rebuilds_f_scale_by_scale():
     # hybrid: discrete + continuous residual is exactly f
     torch.testing.assert_close(codes.fhat_discrete_BChw + codes.residual_BChw, f_BChw)
     fhat_BChw, errors = torch.zeros_like(f_BChw), []
-    for si, idx_Bl in enumerate(codes.idx_Bl):
-        fhat_BChw = q.next_autoregressive_input(si, fhat_BChw, q.embed(idx_Bl)).fhat_BChw
-        errors.append(float((f_BChw - fhat_BChw).pow(2).mean()))
+    with torch.no_grad():
+        for si, idx_Bl in enumerate(codes.idx_Bl):
+            fhat_BChw = q.next_autoregressive_input(si, fhat_BChw, q.embed(idx_Bl)).fhat_BChw
+            errors.append(float((f_BChw - fhat_BChw).pow(2).mean()))
     torch.testing.assert_close(fhat_BChw, codes.fhat_discrete_BChw)
     assert errors[-1] < 0.5 * float(f_BChw.pow(2).mean())
 
