@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 import warnings
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+
+# Further subcommands live in their own modules, each with ``add_parser(sub)`` (registers the
+# subcommand on the argparse sub-parsers) and ``run(args) -> int`` (exit status). Keep their
+# heavy imports inside ``run`` so ``hart-edu --help`` stays fast.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 
 def add_generate_parser(sub) -> None:
@@ -70,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo.png", help="PNG to write (default: demo.png)")
     demo.add_argument("--weights", default=None, help="a tokenizer/ folder (default: weights/tiny/tokenizer)")
     add_generate_parser(sub)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 
@@ -82,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             return demo_main(args.out, args.weights)
         if args.command == "generate":
             return generate_main(args)
+        return args.run(args)  # a SUBCOMMAND_MODULES command: add_parser set run= as its default
     except (OSError, ValueError) as err:  # CheckpointError and UnicodeDecodeError are ValueErrors
         message = " ".join(str(err).split())  # one line
         print(f"hart-edu {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return 1
 
 
 # --------------------------------------------------------------------------------------
