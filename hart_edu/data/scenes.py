@@ -152,14 +152,19 @@ def _place_pair(s0: float, s1: float, relation: str, g: torch.Generator):
     return ((b0, a0), (b1, a1)) if vertical else ((a0, b0), (a1, b1))
 
 
-def sample_scene(generator: torch.Generator, split: str | None = None) -> Scene:
-    """One random scene; `split` = "train" / "heldout" keeps only scenes of that split (rejection)."""
+def sample_scene(generator: torch.Generator, split: str | None = None,
+                 two_shape_prob: float = TWO_SHAPE_PROB) -> Scene:
+    """One random scene; `split` = "train" / "heldout" keeps only scenes of that split (rejection).
+    `two_shape_prob`: the share of two-shape scenes (training may show more of the harder ones;
+    the held-out test set keeps the default)."""
     if split not in (None, "train", "heldout"):
         raise ValueError(f"split must be None, 'train' or 'heldout', got {split!r}")
+    if not 0.0 <= two_shape_prob <= 1.0:
+        raise ValueError(f"two_shape_prob must be in [0, 1], got {two_shape_prob}")
     g = generator
     while True:
         background = _choice(COLORS, g)
-        n_shapes = 2 if float(torch.rand((), generator=g)) < TWO_SHAPE_PROB else 1
+        n_shapes = 2 if float(torch.rand((), generator=g)) < two_shape_prob else 1
         color0 = _choice([c for c in COLORS if c != background], g)
         kinds = [_choice(KINDS, g) for _ in range(n_shapes)]
         sizes = [_choice(tuple(SIZES), g) for _ in range(n_shapes)]
@@ -231,10 +236,12 @@ def collate_scenes(samples: Sequence[SceneSample]) -> SceneBatch:
 class SceneDataset(Dataset):
     """`length` scenes of one split; item i is drawn from a generator seeded by (seed, i)."""
 
-    def __init__(self, split: str = "train", size: int = 64, length: int = 10_000, seed: int = 0):
+    def __init__(self, split: str = "train", size: int = 64, length: int = 10_000, seed: int = 0,
+                 two_shape_prob: float = TWO_SHAPE_PROB):
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
         self.split, self.size, self.length, self.seed = split, size, length, seed
+        self.two_shape_prob = two_shape_prob
 
     def __len__(self) -> int:
         return self.length
@@ -243,7 +250,7 @@ class SceneDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for length {self.length}")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        return sample_scene(g, self.split)
+        return sample_scene(g, self.split, self.two_shape_prob)
 
     def __getitem__(self, index: int) -> SceneSample:
         scene = self.scene(index)

@@ -157,6 +157,7 @@ class TrainSettings:
     ema: float = 0.998
     seed: int = 0
     train_examples: int = 20_000
+    two_shape_prob: float = 0.5  # share of two-shape scenes in the training images
     bf16: bool = True  # autocast the transformer's matmuls to bfloat16 (weights and losses stay fp32)
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is faster when another job holds a core
     log_every: int = 10
@@ -318,9 +319,9 @@ class EncodedScenes(NamedTuple):
 
 @torch.no_grad()
 def encode_scenes(tok: HybridTokenizer, text: TextEncoder, n: int, seed: int,
-                  batch_size: int = 256, progress: bool = True) -> EncodedScenes:
+                  batch_size: int = 256, progress: bool = True, two_shape_prob: float = 0.5) -> EncodedScenes:
     """Encode the first ``n`` training scenes (seed ``seed``) with the frozen models."""
-    data = SceneDataset("train", size=tok.config.image_size, length=n, seed=seed)
+    data = SceneDataset("train", size=tok.config.image_size, length=n, seed=seed, two_shape_prob=two_shape_prob)
     p_last = tok.config.v_patch_nums[-1]
     idx, xs, residuals, caption_ids, captions, index_of = [], [], [], [], [], {}
     for start in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress, leave=False):
@@ -358,7 +359,7 @@ def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, 
                      run: Path) -> EncodedScenes:
     """:func:`encode_scenes`, saved in ``run/encoded.pt`` and reused while the tokenizer
     files, the example count, the seed and the context length are the same."""
-    key = f"{_file_digest(tok_folder)}-{s.train_examples}-{s.seed}-{s.context_token}"
+    key = f"{_file_digest(tok_folder)}-{s.train_examples}-{s.seed}-{s.context_token}-{s.two_shape_prob}"
     run.mkdir(parents=True, exist_ok=True)
     path = run / "encoded.pt"
     if path.is_file():
@@ -366,7 +367,7 @@ def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, 
         if saved.get("key") == key:
             return EncodedScenes(**{k: saved[k] for k in EncodedScenes._fields})
     t0 = time.time()
-    enc = encode_scenes(tok, text, s.train_examples, s.seed)
+    enc = encode_scenes(tok, text, s.train_examples, s.seed, two_shape_prob=s.two_shape_prob)
     print(f"encoded {s.train_examples} images and {len(enc.captions)} captions in {time.time() - t0:.0f} s")
     torch.save({"key": key, **enc._asdict()}, path)
     return enc
@@ -408,6 +409,11 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
         diff = diffusion_loss(model.diffloss, target_MC, z_MC, generator)
     accuracy = float((out.logits_BLV.argmax(-1) == idx_BK).float().mean())
     return StepLosses(ce + diff.loss, ce, diff, accuracy)
+
+
+def _result_settings(settings: dict) -> dict:
+    """The settings a run's result depends on (a resumed run may use other threads / logging)."""
+    return {k: v for k, v in settings.items() if k not in ("threads", "log_every")}
 
 
 def _lr_at(step: int, s: TrainSettings) -> float:
@@ -474,12 +480,12 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         model.load_official_state_dict(load_weight_file(find_weight_file(init_from)), source=str(init_from))
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ema.update(load_weight_file(Path(init_from) / "ema_model.bin"))
-    opt = torch.optim.AdamW(_param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(_param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95), fused=True)
     step, history = 0, []
     state_path = run / "state.pt"
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["settings"] != json.dumps(asdict(s)):  # the schedule depends on all of them
+        if _result_settings(json.loads(state["settings"])) != _result_settings(asdict(s)):
             raise ValueError(f"{state_path} was made with other settings: {state['settings']}")
         model.load_state_dict(state["model"])
         ema = state["ema"]
