@@ -351,7 +351,8 @@ class Rope(NamedTuple):
 
     def apply(self, x_NHLd: torch.Tensor) -> torch.Tensor:
         """x * cos + rotate_half(x) * sin (same angles for every head)."""
-        return x_NHLd * self.cos_NLd.unsqueeze(1) + rotate_half(x_NHLd) * self.sin_NLd.unsqueeze(1)
+        out_NHLd = x_NHLd * self.cos_NLd.unsqueeze(1) + rotate_half(x_NHLd) * self.sin_NLd.unsqueeze(1)
+        return out_NHLd.to(x_NHLd.dtype)  # float32 angles must not turn a bf16 KV cache into float32
 
 
 def rope_1d(position_ids_NL: torch.Tensor, head_dim: int) -> Rope:
@@ -1009,7 +1010,7 @@ class _Run:
             h_BkC = pick.h_BlC
             if self.settings.final_stage == 0:
                 h_BkC = h_BkC + self.residual(h_last_NkC, pick.idx_Bl, self.settings.cfg * pick.ratio)
-            tokens_BlC[predict_Bl] = h_BkC.reshape(-1, Cvae)
+            tokens_BlC[predict_Bl] = h_BkC.reshape(-1, Cvae).to(tokens_BlC.dtype)
         self.result.indices.append(idx_Bl)
         return tokens_BlC
 
