@@ -4,6 +4,7 @@ Each module holds ``<name>_reference`` (the math, in PyTorch), ``<name>_triton``
 kernel, same signature) and ``<name>`` (the one chosen with :func:`backend.use_backend`):
 
 * :mod:`.rmsnorm_modulate`: ``RMSNorm(x) * w * (1 + scale) + shift``, forward and backward;
+* :mod:`.layernorm_modulate`: ``LayerNorm(x) * (1 + scale) + shift`` (diffusion head), forward and backward;
 * :mod:`.rope`: rotary embedding of q and k from explicit (float, 1-D or 2-D) positions;
 * :mod:`.nearest_code`: codebook argmin without the (N, V) distance matrix;
 * :mod:`.swiglu`: ``silu(a) * b``, forward and backward;
