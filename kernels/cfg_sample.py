@@ -16,8 +16,17 @@ counter-based Philox generator Triton uses in ``tl.rand``: ``u = philox(seed, co
 counter ``(b * l + i) * V + v``, so a draw depends only on the explicit integer ``seed`` (and
 not on the order in which programs run). The reference implements the same Philox-4x32-10
 in integer PyTorch ops, so both backends draw the same code for the same seed.
-(``hart_edu.ar_transformer.sample_indices`` draws with ``torch.multinomial`` instead: same
-distribution, different random numbers.)
+
+The model's sampler (``hart_edu.ar_transformer.sample_indices``) draws with
+``torch.multinomial(softmax(z), 1, generator=g)``, which for one sample computes
+``argmax_v softmax(z)_v / q_v`` with ``q = empty_like(probs).exponential_(generator=g)``
+(an exponential race, Gumbel-max in disguise). :func:`cfg_multinomial` runs the same kernel
+with that draw instead of Philox: the caller draws ``q`` from its generator with
+:func:`multinomial_noise` (the very numbers ``torch.multinomial`` would draw, so the generator
+ends in the same state) and the kernel fuses guidance, filtering, softmax and the race. Given
+``q = None`` it returns the argmax (greedy). Its indices equal the eager sampler's except
+where two codes' ``p_v / q_v`` lie within float32 rounding of each other (the kernel's
+``exp`` and sum are not bit-identical to PyTorch's softmax).
 
 The Triton kernel gives each program one token's whole row of V logits. The top-k threshold
 and the top-p cut are found without sorting, by bisection over the 2^32 float32 values (as
@@ -45,6 +54,7 @@ INT31_TO_UNIT = 4.6566127342e-10  # largest scale with (2^31 - 1) * scale < 1 in
 class CFGSample(NamedTuple):
     idx_Bl: torch.Tensor  # (B, l) int64 drawn codes
     filtered_BlV: torch.Tensor | None  # (B, l, V) float32 guided, filtered logits (if asked for)
+    guided_BlV: torch.Tensor | None = None  # (B, l, V) float32 guided logits before filtering (if asked for)
 
 
 def _check(logits_NlV: torch.Tensor, top_k: int, top_p: float, seed: int) -> None:
@@ -116,9 +126,43 @@ def cfg_sample_reference(logits_NlV: torch.Tensor, guidance: float, top_k: int, 
     return CFGSample(idx_Bl, filtered_BlV if keep_filtered else None)
 
 
+def multinomial_noise(shape_BlV: tuple[int, int, int], dtype: torch.dtype, device: torch.device,
+                      generator: torch.Generator) -> torch.Tensor:
+    """q ~ Exp(1), (B, l, V): the numbers ``torch.multinomial(probs (B*l, V), 1, generator=g)``
+    draws (``probs`` of ``dtype`` on ``device``), drawn from ``generator`` in the same order."""
+    B, l, V = shape_BlV
+    return torch.empty((B * l, V), dtype=dtype, device=device).exponential_(generator=generator).view(B, l, V)
+
+
+def _check_noise(logits_NlV: torch.Tensor, exponential_BlV: torch.Tensor | None) -> None:
+    N, l, V = logits_NlV.shape
+    if exponential_BlV is not None and exponential_BlV.shape != (N // 2, l, V):
+        raise ValueError(f"exponential noise must be {(N // 2, l, V)}, got {tuple(exponential_BlV.shape)}")
+
+
+def cfg_multinomial_reference(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float,
+                              exponential_BlV: torch.Tensor | None, keep_guided: bool = False,
+                              keep_filtered: bool = False) -> CFGSample:
+    """(1 + t) cond - t uncond, top-k / top-p, then argmax_v softmax(z)_v / q_v with the Exp(1)
+    noise ``q`` of :func:`multinomial_noise` (= ``torch.multinomial``'s draw); ``q = None``:
+    argmax_v z_v (greedy). Arithmetic in float32."""
+    _check(logits_NlV, top_k, top_p, 0)
+    _check_noise(logits_NlV, exponential_BlV)
+    B = logits_NlV.shape[0] // 2
+    guided_BlV = (1 + guidance) * logits_NlV[:B].float() - guidance * logits_NlV[B:].float()
+    filtered_BlV = filter_top_k_top_p(guided_BlV, top_k, top_p)
+    if exponential_BlV is None:
+        idx_Bl = filtered_BlV.argmax(dim=-1)
+    else:
+        idx_Bl = (filtered_BlV.softmax(dim=-1) / exponential_BlV.float()).argmax(dim=-1)  # exponential race
+    return CFGSample(idx_Bl, filtered_BlV if keep_filtered else None, guided_BlV if keep_guided else None)
+
+
 # --------------------------------------------------------------------------------------
 # Triton
 # --------------------------------------------------------------------------------------
+
+DRAW_GREEDY, DRAW_PHILOX_GUMBEL, DRAW_EXPONENTIAL = 0, 1, 2
 
 
 @jit
@@ -129,7 +173,8 @@ def _sortable_key(x):
 
 
 @jit
-def _cfg_sample_kernel(logits_ptr, idx_ptr, filtered_ptr, B, l, V, one_plus_t, t, top_k, drop_mass, seed,
+def _cfg_sample_kernel(logits_ptr, noise_ptr, idx_ptr, guided_ptr, filtered_ptr, B, l, V, one_plus_t, t,
+                       top_k, drop_mass, seed, DRAW: tl.constexpr, KEEP_GUIDED: tl.constexpr,
                        KEEP_FILTERED: tl.constexpr, BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # b * l + i (int64: B l V may exceed 2^31)
     b, i = row // l, row % l
@@ -139,6 +184,8 @@ def _cfg_sample_kernel(logits_ptr, idx_ptr, filtered_ptr, B, l, V, one_plus_t, t
     uncond_V = tl.load(logits_ptr + ((B + b) * l + i) * V + v_V, mask=in_V, other=0.0).to(tl.float32)
     z_V = one_plus_t * cond_V - t * uncond_V + 0.0  # (1 + t) z_c - t z_u  (+0.0 turns -0.0 into +0.0)
     z_V = tl.where(in_V, z_V, float("-inf"))
+    if KEEP_GUIDED:
+        tl.store(guided_ptr + row * V + v_V, z_V, mask=in_V)
     key_V = tl.where(in_V, _sortable_key(z_V), -2147483648)
 
     # top-k: the largest key T with #{v : key_v >= T} >= k is the k-th largest logit's key
@@ -167,10 +214,37 @@ def _cfg_sample_kernel(logits_ptr, idx_ptr, filtered_ptr, B, l, V, one_plus_t, t
     if KEEP_FILTERED:
         tl.store(filtered_ptr + row * V + v_V, z_V, mask=in_V)
 
-    # Gumbel-max with Philox uniforms at counter row * V + v
-    u_V = tl.rand(seed, row * V + v_V)
-    g_V = -tl.log(-tl.log(u_V))
-    tl.store(idx_ptr + row, tl.argmax(z_V + g_V, axis=0, tie_break_left=True).to(tl.int64))
+    if DRAW == 0:  # greedy: the most likely code
+        score_V = z_V
+    elif DRAW == 1:  # Gumbel-max with Philox uniforms at counter row * V + v
+        u_V = tl.rand(seed, row * V + v_V)
+        score_V = z_V - tl.log(-tl.log(u_V))
+    else:  # torch.multinomial's exponential race: softmax(z) / q, q ~ Exp(1) given
+        p_V = tl.exp(z_V - tl.max(z_V, axis=0))
+        p_V = p_V * (1.0 / tl.sum(p_V, axis=0))  # as PyTorch's softmax: times the reciprocal sum
+        q_V = tl.load(noise_ptr + row * V + v_V, mask=in_V, other=1.0).to(tl.float32)
+        score_V = tl.where(in_V, p_V / q_V, -1.0)
+    tl.store(idx_ptr + row, tl.argmax(score_V, axis=0, tie_break_left=True).to(tl.int64))
+
+
+def _launch(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float, seed: int, draw: int,
+            noise_BlV: torch.Tensor | None, keep_guided: bool, keep_filtered: bool) -> CFGSample:
+    """One program per token, the whole vocabulary in registers."""
+    N, l, V = logits_NlV.shape
+    B = N // 2
+    logits_NlV = logits_NlV.contiguous()
+    idx_Bl = torch.empty((B, l), dtype=torch.int64, device=logits_NlV.device)
+    keep = lambda on: torch.empty((B, l, V), dtype=torch.float32, device=logits_NlV.device) if on else None  # noqa: E731
+    guided_BlV, filtered_BlV = keep(keep_guided), keep(keep_filtered)
+    k = top_k if 0 < top_k < V else V  # k = V keeps every logit
+    drop_mass = 1.0 - top_p if top_p > 0 else -1.0  # -1: no probability mass is small enough, keep all
+    unused = idx_Bl  # any pointer will do where an output or the noise is off: the kernel never touches it
+    pointer = lambda t: unused if t is None else t  # noqa: E731
+    _cfg_sample_kernel[(B * l,)](logits_NlV, pointer(noise_BlV), idx_Bl, pointer(guided_BlV), pointer(filtered_BlV),
+                                 B, l, V, 1.0 + guidance, guidance, k, drop_mass, seed,
+                                 DRAW=draw, KEEP_GUIDED=keep_guided, KEEP_FILTERED=keep_filtered,
+                                 BLOCK_V=next_power_of_2(V))
+    return CFGSample(idx_Bl, filtered_BlV, guided_BlV)
 
 
 def cfg_sample_triton(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float, seed: int,
@@ -178,21 +252,30 @@ def cfg_sample_triton(logits_NlV: torch.Tensor, guidance: float, top_k: int, top
     """The fused Triton kernel: one program per token, the whole vocabulary in registers."""
     _check(logits_NlV, top_k, top_p, seed)
     require_triton(logits_NlV)
-    N, l, V = logits_NlV.shape
-    B = N // 2
-    logits_NlV = logits_NlV.contiguous()
-    idx_Bl = torch.empty((B, l), dtype=torch.int64, device=logits_NlV.device)
-    filtered_BlV = torch.empty((B, l, V), dtype=torch.float32, device=logits_NlV.device) if keep_filtered else None
-    k = top_k if 0 < top_k < V else V  # k = V keeps every logit
-    drop_mass = 1.0 - top_p if top_p > 0 else -1.0  # -1: no probability mass is small enough, keep all
-    unused = idx_Bl  # any pointer will do where KEEP_FILTERED is off: the kernel never writes it
-    _cfg_sample_kernel[(B * l,)](logits_NlV, idx_Bl, filtered_BlV if keep_filtered else unused, B, l, V,
-                                 1.0 + guidance, guidance, k, drop_mass, seed,
-                                 KEEP_FILTERED=keep_filtered, BLOCK_V=next_power_of_2(V))
-    return CFGSample(idx_Bl, filtered_BlV)
+    return _launch(logits_NlV, guidance, top_k, top_p, seed, DRAW_PHILOX_GUMBEL, None, False, keep_filtered)
 
 
 def cfg_sample(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float, seed: int,
                keep_filtered: bool = False) -> CFGSample:
     """Guided, filtered Gumbel-max sample with the backend chosen by ``backend.use_backend``."""
     return dispatch(cfg_sample_reference, cfg_sample_triton)(logits_NlV, guidance, top_k, top_p, seed, keep_filtered)
+
+
+def cfg_multinomial_triton(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float,
+                           exponential_BlV: torch.Tensor | None, keep_guided: bool = False,
+                           keep_filtered: bool = False) -> CFGSample:
+    """The same kernel with ``torch.multinomial``'s exponential race (or argmax for ``None``)."""
+    _check(logits_NlV, top_k, top_p, 0)
+    _check_noise(logits_NlV, exponential_BlV)
+    require_triton(*(t for t in (logits_NlV, exponential_BlV) if t is not None))
+    noise_BlV = None if exponential_BlV is None else exponential_BlV.contiguous()
+    draw = DRAW_GREEDY if noise_BlV is None else DRAW_EXPONENTIAL
+    return _launch(logits_NlV, guidance, top_k, top_p, 0, draw, noise_BlV, keep_guided, keep_filtered)
+
+
+def cfg_multinomial(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float,
+                    exponential_BlV: torch.Tensor | None, keep_guided: bool = False,
+                    keep_filtered: bool = False) -> CFGSample:
+    """Guided, filtered multinomial (or greedy) pick with the backend chosen by ``backend.use_backend``."""
+    return dispatch(cfg_multinomial_reference, cfg_multinomial_triton)(
+        logits_NlV, guidance, top_k, top_p, exponential_BlV, keep_guided, keep_filtered)

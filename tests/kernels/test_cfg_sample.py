@@ -10,10 +10,14 @@ from kernel_checks import randn
 from hart_edu import ar_transformer
 from hart_edu.kernels.backend import jit, tl
 from hart_edu.kernels.cfg_sample import (
+    cfg_multinomial,
+    cfg_multinomial_reference,
+    cfg_multinomial_triton,
     cfg_sample,
     cfg_sample_reference,
     cfg_sample_triton,
     filter_top_k_top_p,
+    multinomial_noise,
     philox_uniform,
 )
 
@@ -82,3 +86,48 @@ def test_bad_arguments():
         cfg_sample_triton(torch.zeros(2, 2, 5), 1.0, 0, 0.0, seed=-1)
     with pytest.raises(ValueError, match="top_p"):
         cfg_sample(torch.zeros(2, 2, 5), 1.0, 0, 1.5, seed=0)
+
+
+# -- cfg_multinomial: the model's torch.multinomial draw, fused -----------------------------
+
+
+def _model_draw(logits, t, top_k, top_p, generator, greedy=False):
+    """What hart_edu.ar_transformer's eager sampling step computes."""
+    B = logits.shape[0] // 2
+    guided = (1 + t) * logits[:B] - t * logits[B:]
+    filtered = ar_transformer.filter_top_k_top_p(guided, top_k, top_p)
+    return ar_transformer.sample_indices(filtered, generator, greedy)
+
+
+@pytest.mark.parametrize("top_k, top_p", SETTINGS)
+def test_multinomial_reference_is_the_models_draw(generator, top_k, top_p):
+    """The same indices as torch.multinomial, and the generator left in the same state."""
+    logits = randn(generator, 4, 5, 61, device="cpu", scale=3.0)
+    g_model, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    want = _model_draw(logits, 1.5, top_k, top_p, g_model)
+    q = multinomial_noise((2, 5, 61), torch.float32, torch.device("cpu"), g_ours)
+    assert torch.equal(cfg_multinomial_reference(logits, 1.5, top_k, top_p, q).idx_Bl, want)
+    assert torch.equal(g_model.get_state(), g_ours.get_state())
+    greedy = cfg_multinomial_reference(logits, 1.5, top_k, top_p, None).idx_Bl
+    assert torch.equal(greedy, _model_draw(logits, 1.5, top_k, top_p, None, greedy=True))
+
+
+@pytest.mark.parametrize("top_k, top_p", SETTINGS)
+def test_multinomial_kernel_matches_reference(generator, device, top_k, top_p):
+    B, l, V = 2, 3, 301
+    logits = randn(generator, 2 * B, l, V, device=device, scale=3.0)
+    q = multinomial_noise((B, l, V), torch.float32, torch.device("cpu"), generator).to(device)
+    for noise in (q, None):  # the exponential race, then greedy
+        got = cfg_multinomial_triton(logits, 1.5, top_k, top_p, noise, keep_guided=True, keep_filtered=True)
+        want = cfg_multinomial_reference(logits, 1.5, top_k, top_p, noise, keep_guided=True, keep_filtered=True)
+        torch.testing.assert_close(got.guided_BlV, want.guided_BlV, rtol=1e-6, atol=1e-5)
+        assert torch.equal(torch.isinf(got.filtered_BlV), torch.isinf(want.filtered_BlV))
+        assert got.idx_Bl.dtype == torch.int64 and torch.equal(got.idx_Bl, want.idx_Bl)
+
+
+def test_multinomial_dispatch_and_noise_shape(generator):
+    logits = randn(generator, 2, 4, 50, device="cpu")
+    out = cfg_multinomial(logits, 1.0, 0, 0.0, None)
+    assert out.filtered_BlV is None and out.guided_BlV is None
+    with pytest.raises(ValueError, match="exponential noise must be"):
+        cfg_multinomial(logits, 1.0, 0, 0.0, torch.ones(1, 4, 49))
