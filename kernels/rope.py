@@ -24,6 +24,13 @@ computes, and reproduced here.
 The Triton kernel never materialises ``cos`` / ``sin``: a program takes a tile of ``BLOCK_L``
 tokens of one batch row, computes their angles once (positions times the ``f_j`` table) and
 rotates q and k of every head with them.
+
+Backward: ``rope`` is linear in ``x``; with ``theta_1`` the angle of dimension ``i < d/2`` and
+``theta_2`` that of its partner ``i + d/2``, the forward is
+``y_1 = x_1 cos theta_1 - x_2 sin theta_1``, ``y_2 = x_2 cos theta_2 + x_1 sin theta_2``, so
+the gradient is its transpose, ``dx_1 = g_1 cos theta_1 + g_2 sin theta_2``,
+``dx_2 = g_2 cos theta_2 - g_1 sin theta_1`` (the same kernel with ``TRANSPOSE``; for 1-D RoPE
+this is the rotation by ``-theta``, for HART's 2-D one it is not, as the pair's angles differ).
 """
 
 from __future__ import annotations
@@ -94,7 +101,8 @@ def rope_reference(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: tor
 @jit
 def _rope_kernel(q_ptr, k_ptr, pos_ptr, f_ptr, q_out_ptr, k_out_ptr,
                  H, L, q_sN, q_sH, q_sL, k_sN, k_sH, k_sL,
-                 P: tl.constexpr, HALF: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_HALF: tl.constexpr):
+                 P: tl.constexpr, HALF: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                 TRANSPOSE: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)  # int64 offsets: tensors may exceed 2^31 elements
     l_L = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     i_D = tl.arange(0, BLOCK_HALF)  # dimension i of the first half; its partner is i + d/2
@@ -112,6 +120,8 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, f_ptr, q_out_ptr, k_out_ptr,
     theta1_LD, theta2_LD = p1_LD * f1_D[None, :], p2_LD * f2_D[None, :]
     cos1, sin1 = tl.cos(theta1_LD), tl.sin(theta1_LD)
     cos2, sin2 = tl.cos(theta2_LD), tl.sin(theta2_LD)
+    if TRANSPOSE:  # the backward: dx_1 = g_1 cos1 + g_2 sin2, dx_2 = g_2 cos2 - g_1 sin1
+        sin1, sin2 = -sin2, -sin1
 
     out_offs = (n * H * L + l_L)[:, None] * (2 * HALF) + i_D[None, :]  # outputs are contiguous (N, H, L, d)
     for h in range(H):
@@ -129,19 +139,11 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, f_ptr, q_out_ptr, k_out_ptr,
         tl.store(k_out_ptr + o + HALF, (k2 * cos2 + k1 * sin2).to(k_out_ptr.dtype.element_ty), mask=in_LD)
 
 
-def rope_triton(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: torch.Tensor,
-                base: float = ROPE_BASE, *, block_l: int | None = None) -> RotatedQK:
-    """The fused Triton kernel (forward only). q and k may be strided views (e.g. of a packed
-    qkv projection) as long as the head dimension is contiguous; outputs are contiguous.
-
-    ``block_l``: tokens per program (default: about 2048 elements of a half-head per tile)."""
-    P = _check(q_NHLd, k_NHLd, position_ids)
-    require_triton(q_NHLd, k_NHLd, position_ids)
+def _launch(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, pos_NLP: torch.Tensor, f_J: torch.Tensor,
+            block_l: int | None, transpose: bool) -> RotatedQK:
     if q_NHLd.stride(-1) != 1 or k_NHLd.stride(-1) != 1:
         q_NHLd, k_NHLd = q_NHLd.contiguous(), k_NHLd.contiguous()
     N, H, L, d = q_NHLd.shape
-    pos_NLP = position_ids.float().reshape(N, L, P).contiguous()
-    f_J = inv_freq(d, P, base).to(q_NHLd.device)
     q_out = torch.empty(q_NHLd.shape, dtype=q_NHLd.dtype, device=q_NHLd.device)  # contiguous (N, H, L, d)
     k_out = torch.empty(k_NHLd.shape, dtype=k_NHLd.dtype, device=k_NHLd.device)
     BLOCK_HALF = next_power_of_2(d // 2)
@@ -149,8 +151,40 @@ def rope_triton(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: torch.
     _rope_kernel[(N, cdiv(L, BLOCK_L))](q_NHLd, k_NHLd, pos_NLP, f_J, q_out, k_out, H, L,
                                         q_NHLd.stride(0), q_NHLd.stride(1), q_NHLd.stride(2),
                                         k_NHLd.stride(0), k_NHLd.stride(1), k_NHLd.stride(2),
-                                        P=P, HALF=d // 2, BLOCK_L=BLOCK_L, BLOCK_HALF=BLOCK_HALF)
+                                        P=pos_NLP.shape[-1], HALF=d // 2, BLOCK_L=BLOCK_L, BLOCK_HALF=BLOCK_HALF,
+                                        TRANSPOSE=transpose)
     return RotatedQK(q_out, k_out)
+
+
+class _Rope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_NHLd, k_NHLd, pos_NLP, f_J, block_l):
+        ctx.save_for_backward(pos_NLP, f_J)
+        ctx.block_l = block_l
+        return tuple(_launch(q_NHLd, k_NHLd, pos_NLP, f_J, block_l, transpose=False))
+
+    @staticmethod
+    def backward(ctx, dq_out, dk_out):
+        pos_NLP, f_J = ctx.saved_tensors
+        dq_out = torch.zeros_like(dq_out) if dq_out is None else dq_out
+        dk_out = torch.zeros_like(dk_out) if dk_out is None else dk_out
+        dq, dk = _launch(dq_out, dk_out, pos_NLP, f_J, ctx.block_l, transpose=True)
+        return dq, dk, None, None, None
+
+
+def rope_triton(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: torch.Tensor,
+                base: float = ROPE_BASE, *, block_l: int | None = None) -> RotatedQK:
+    """The fused Triton kernel (differentiable in q and k). q and k may be strided views (e.g.
+    of a packed qkv projection) as long as the head dimension is contiguous; outputs are
+    contiguous.
+
+    ``block_l``: tokens per program (default: about 2048 elements of a half-head per tile)."""
+    P = _check(q_NHLd, k_NHLd, position_ids)
+    require_triton(q_NHLd, k_NHLd, position_ids)
+    N, _, L, d = q_NHLd.shape
+    pos_NLP = position_ids.float().reshape(N, L, P).contiguous()
+    f_J = inv_freq(d, P, base).to(q_NHLd.device)
+    return RotatedQK(*_Rope.apply(q_NHLd, k_NHLd, pos_NLP, f_J, block_l))
 
 
 def rope(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: torch.Tensor,

@@ -72,3 +72,19 @@ def test_shapes_are_checked(generator, device):
         rope_triton(q[..., :10], k[..., :10], torch.zeros(2, 5, 2))
     with pytest.raises(ValueError, match="q and k must both be"):
         rope(q, k[:1], torch.zeros(2, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("axes", [2, 1])
+def test_backward_matches_reference(generator, device, axes, dtype):
+    """The transposed kernel: gradients of q and k (strided views of one packed qkv) as autograd's."""
+    N, H, L, d = 2, 3, 13, 20
+    qkv = randn(generator, N, L, 3, H, d, device=device, dtype=dtype).requires_grad_(True)
+    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    pos = (positions_2d if axes == 2 else positions_1d)(generator, device, N, L)
+    g_q, g_k = (randn(generator, N, H, L, d, device=device, dtype=dtype) for _ in range(2))
+    (got,) = torch.autograd.grad(rope_triton(q, k, pos, block_l=8), qkv, (g_q, g_k))
+    (want,) = torch.autograd.grad(rope_reference(q, k, pos), qkv, (g_q, g_k))
+    tol = dict(rtol=1e-5, atol=2e-5) if dtype == torch.float32 else TOLERANCES[dtype]
+    torch.testing.assert_close(got, want, **tol)
+    assert not got[:, :, 2].any()  # v is not touched
