@@ -1,0 +1,638 @@
+r"""``hart-edu profile``: where the time of one HART generation goes, phase by phase.
+
+The counterpart of the official ``latency_profile.py`` (which times ``encode_prompts`` +
+``autoregressive_infer_cfg`` as one number, averaged over 100 runs after 50 warm-up runs under
+float16 autocast). Here the same work is split into the phases of the pipeline::
+
+    text encoding          Qwen2 over [system prompt ; prompt padded to T = 300] tokens
+    scale 1x1 .. 64x64     one transformer stage each: 16 blocks over the stage's tokens
+                           (KV cache), logits, CFG, top-k, draw (the last one without the
+                           residual diffusion below)
+    residual diffusion     the 37M-parameter MLP head, 8 denoising steps on every last-scale token
+    VAE decode             the tokenizer's decoder, 64x64x32 latent -> 1024x1024 image
+
+and timed for each kernel backend asked for (``--backends reference,triton``, chosen with
+:func:`hart_edu.kernels.backend.use_backend`, never silently) at each batch size (latency at
+batch 1, throughput = images / second at batch 8, the paper's two figures: 0.75 s and
+2.23 images/s on an A100). The models are the *released architecture* with **random
+weights** (seeded, drawn directly on the device in the chosen dtype), so no download is
+needed: the timing of a dense network does not depend on the values of its weights.
+
+What is measured, and how
+-------------------------
+* One run = text encoding + ``HARTTransformer.generate`` (all scales, the residual diffusion,
+  the VAE decode), the work ``latency_profile.py`` times. The phase boundaries come from the
+  ``on_stage_end(si)`` hook of ``generate``, plus a wrapper around the diffusion head's
+  ``sample`` (installed on the instance for the run and removed afterwards).
+* On CUDA the boundaries are CUDA events recorded on the stream (no synchronisation inside
+  the run, so the phases do not perturb each other); ``torch.cuda.synchronize`` before the
+  run starts and after it ends. On the CPU: ``time.perf_counter``.
+* ``--warmup`` runs first (not recorded: Triton compiles its kernels, cuDNN picks its
+  algorithms), then ``--repeats`` runs; every figure is the **median** over the repeats, and
+  the phases of a run add up exactly to its total.
+* Weights and activations are in ``--dtype`` (bfloat16 or float16) under
+  ``torch.autocast`` of the same dtype (so the float32 parts of the pipeline, e.g. the text
+  context and the RoPE angles, meet the half-precision weights as in the official run).
+* Under the Triton backend one extra warm-up run counts how often each ``*_triton`` kernel
+  function is called; the counts go into the report, and a line says so when there are
+  none (then the "triton" column measured the reference code path).
+
+Architectures (``--size``)
+--------------------------
+* ``1024px``: hart-0.7b-1024px as recorded in ``golden/manifest-hart-0.7b-1024px.json``
+  (hypothesis "transformer_llm": depth 16 with per-block adaLN, 732,495,936 parameters
+  including the 36.6M diffusion head; tokenizer 108,948,355 parameters without the
+  discriminator) and a Qwen2 text encoder of the size of Qwen2-VL-1.5B-Instruct's language
+  model (hidden 1536, 28 layers, 12 heads, 2 key/value heads, MLP 8960, vocabulary 151,936:
+  inferred in the manifest's provenance, not read from the released config);
+* ``1024px-depth24``: the manifest's other hypothesis (depth 24 without adaLN; same
+  parameter count, 1.5x the transformer FLOPs);
+* ``tiny``: a few-thousand-parameter model with 6 scales, the same code path, for tests and
+  for reading the report on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_STD = 0.02  # N(0, 0.02^2) matrices (the usual transformer init); norm gains 1, biases 0
+
+# -- the released hart-0.7b-1024px (golden/manifest-hart-0.7b-1024px.json, "config_used") --
+
+_PATCH_NUMS_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
+RELEASED_TRANSFORMER: dict[str, Any] = dict(
+    context_token=300, context_dim=1536, depth=16, embed_dim=1536, num_heads=24, mlp_ratio=4.0,
+    norm_eps=1e-6, shared_aln=False, attn_l2_norm=False, patch_nums=_PATCH_NUMS_1024,
+    mlp_type="llama", attn_type="llama", disable_aln=False, use_timestep_embed=True,
+    sep_aln_pooling_mode="max", use_cross_attn=False, diff_width=1024, diff_depth=6,
+    num_sampling_steps="8", sampler="iddpm", use_context_norm=False, context_norm_scale=1.0,
+)
+RELEASED_TOKENIZER: dict[str, Any] = dict(
+    vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), quant_conv_ks=3,
+    quant_resi=0.5, share_quant_resi=4, default_qresi_counts=0, v_patch_nums=_PATCH_NUMS_1024,
+    quantizer_type="var_hybrid", hybrid=True,
+)
+# Qwen2-VL-1.5B-Instruct's language model (a Qwen2Model); see the module docstring.
+RELEASED_TEXT_ENCODER: dict[str, Any] = dict(
+    hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+    intermediate_size=8960, vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6,
+    rope_theta=1000000.0, hidden_act="silu", tie_word_embeddings=True,
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The three models' configurations, and the text workload (token counts)."""
+
+    name: str
+    description: str
+    transformer: dict[str, Any]  # TransformerConfig fields
+    tokenizer: dict[str, Any]  # TokenizerConfig fields
+    text_encoder: dict[str, Any]  # transformers.Qwen2Config fields
+    prompt_tokens: int = 16  # real tokens of each prompt (the rest of the T positions is padding)
+    system_tokens: int | None = None  # system-prompt tokens; None: estimated_system_tokens()
+
+    @property
+    def patch_nums(self) -> tuple[int, ...]:
+        return tuple(self.transformer["patch_nums"])
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "1024px": Architecture(
+        "1024px", "hart-0.7b-1024px (depth 16, adaLN; manifest hypothesis transformer_llm)",
+        RELEASED_TRANSFORMER, RELEASED_TOKENIZER, RELEASED_TEXT_ENCODER),
+    "1024px-depth24": Architecture(
+        "1024px-depth24", "hart-0.7b-1024px (depth 24, no adaLN; manifest hypothesis transformer_llm_alt)",
+        {**RELEASED_TRANSFORMER, "depth": 24, "disable_aln": True}, RELEASED_TOKENIZER, RELEASED_TEXT_ENCODER),
+    "tiny": Architecture(
+        "tiny", "tiny test architecture (6 scales up to 8x8, 32x32 pixels)",
+        dict(context_token=16, context_dim=32, depth=2, embed_dim=64, num_heads=4, mlp_ratio=4.0,
+             patch_nums=(1, 2, 3, 4, 6, 8), mlp_type="llama", attn_type="llama", use_timestep_embed=True,
+             diff_width=32, diff_depth=2, num_sampling_steps="4"),
+        dict(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 2), v_patch_nums=(1, 2, 3, 4, 6, 8),
+             quantizer_type="var_hybrid", hybrid=True),
+        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=64, vocab_size=128, max_position_embeddings=256, rms_norm_eps=1e-6,
+             rope_theta=1000000.0, hidden_act="silu", tie_word_embeddings=True),
+        prompt_tokens=5, system_tokens=6),
+}
+
+# The official system prompt is put in front of every prompt. Without the Qwen2 tokenizer
+# its exact token count is unknown here; English BPE text averages about 4 bytes a token.
+def estimated_system_tokens() -> int:
+    from hart_edu.text_encoder import HART_SYSTEM_PROMPT
+
+    return len(HART_SYSTEM_PROMPT.encode("utf-8")) // 4
+
+
+def phase_names(patch_nums: Sequence[int]) -> list[str]:
+    """The phases of one run, in order; they add up to the run's total."""
+    return (["text encoding"] + [f"scale {p}x{p}" for p in patch_nums]
+            + ["residual diffusion", "VAE decode"])
+
+
+# --------------------------------------------------------------------------------------
+# Building the models with random weights, fast
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Build modules with every *parameter* on the meta device (no memory, no init work),
+    while buffers and plain tensor attributes (schedules, RoPE frequencies, level ids) are
+    computed as usual on the CPU. (``with torch.device("meta")`` would leave those empty.)
+
+    Works by wrapping ``nn.Module.register_parameter`` for the duration of the block only."""
+    original = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def materialise_random(model: nn.Module, device: torch.device, dtype: torch.dtype,
+                       generator: torch.Generator) -> nn.Module:
+    """Give every meta parameter real storage on ``device`` in ``dtype``, drawn in one pass:
+
+    * matrices, convolutions, embeddings (dim >= 2): N(0, WEIGHT_STD^2);
+    * 1-D ``weight`` (norm gains): 1;  other 1-D parameters (biases): 0.
+
+    ``generator`` must live on ``device`` (the numbers are drawn there, no host copy). Tied
+    parameters stay tied. Buffers are moved to ``device`` unchanged. Returns ``model``."""
+    if generator.device.type != device.type:
+        raise ValueError(f"the generator is on {generator.device}, the weights go to {device}")
+    done: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in done:
+                data = torch.empty(param.shape, device=device,
+                                   dtype=dtype if param.is_floating_point() else param.dtype)
+                if param.dim() >= 2:
+                    data.normal_(0.0, WEIGHT_STD, generator=generator)
+                else:
+                    data.fill_(1.0 if name == "weight" else 0.0)
+                done[id(param)] = nn.Parameter(data, requires_grad=False)
+            module._parameters[name] = done[id(param)]
+    return model.to(device).eval()
+
+
+@dataclass
+class Models:
+    """The three random-weight models of one architecture, ready on one device."""
+
+    text_model: nn.Module
+    transformer: Any  # HARTTransformer
+    tokenizer: Any  # HybridTokenizer
+    pad_token_id: int
+
+    def parameter_counts(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        return {"text encoder": count(self.text_model), "transformer (with diffusion head)": count(self.transformer),
+                "diffusion head": count(self.transformer.diffloss), "tokenizer": count(self.tokenizer)}
+
+
+def build_models(arch: Architecture, device: torch.device, dtype: torch.dtype, seed: int) -> Models:
+    """Build ``arch`` with random weights (seed ``seed``) on ``device`` in ``dtype``."""
+    import transformers
+
+    from hart_edu.ar_transformer import HARTTransformer, TransformerConfig
+    from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
+
+    t_config = TransformerConfig(**arch.transformer)
+    k_config = TokenizerConfig(**arch.tokenizer)
+    q_config = transformers.Qwen2Config(**arch.text_encoder, attn_implementation="sdpa")
+    if q_config.hidden_size != t_config.context_dim:
+        raise ValueError(f"{arch.name}: text encoder hidden {q_config.hidden_size} != context_dim {t_config.context_dim}")
+    with parameters_on_meta():
+        text_model = transformers.Qwen2Model(q_config)
+        transformer = HARTTransformer(t_config, vocab_size=k_config.vocab_size, vae_channels=k_config.z_channels)
+        tokenizer = HybridTokenizer(k_config)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for model in (text_model, transformer, tokenizer):
+        materialise_random(model, device, dtype, generator)
+    return Models(text_model, transformer, tokenizer, pad_token_id=q_config.vocab_size - 1)
+
+
+# --------------------------------------------------------------------------------------
+# Timing one run
+# --------------------------------------------------------------------------------------
+
+
+class Clock:
+    """Time stamps on ``device``'s timeline: CUDA events on the current stream, or
+    ``time.perf_counter`` on the CPU. ``seconds(a, b)`` is valid after :meth:`finish`."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def finish(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def seconds(self, a: Any, b: Any) -> float:
+        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+
+
+@contextlib.contextmanager
+def _around_method(obj: Any, name: str, before: Callable[[], None], after: Callable[[], None]) -> Iterator[None]:
+    """Call ``before()`` / ``after()`` around every ``obj.name(...)`` inside the block (an
+    instance attribute shadowing the method; removed when the block ends)."""
+    method = getattr(obj, name)
+
+    def wrapped(*args, **kwargs):
+        before()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            after()
+
+    setattr(obj, name, wrapped)
+    try:
+        yield
+    finally:
+        delattr(obj, name)
+
+
+@dataclass
+class Workload:
+    """The inputs of one run at batch B: token ids, the system prompt, sampling settings."""
+
+    ids_per_prompt: list[list[int]]
+    system_ids: list[int]
+    cfg: float = 4.5  # sample.py's default
+    seed: int = 0
+
+
+def make_workload(arch: Architecture, models: Models, batch: int, system_tokens: int, seed: int) -> Workload:
+    """Random prompt and system-prompt ids (never the pad id), drawn with a CPU generator."""
+    g = torch.Generator().manual_seed(seed)
+    high = models.pad_token_id  # ids in [0, pad): the pad id is the last one
+    ids = torch.randint(0, high, (batch, arch.prompt_tokens), generator=g).tolist()
+    system_ids = torch.randint(0, high, (system_tokens,), generator=g).tolist()
+    return Workload(ids, system_ids, seed=seed)
+
+
+def run_once(models: Models, work: Workload, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """One generation (text encoding to image); returns seconds per phase (see :func:`phase_names`)."""
+    from hart_edu.ar_transformer import SamplingSettings
+    from hart_edu.text_encoder import encode_id_lists
+
+    transformer, T = models.transformer, models.transformer.config.context_token
+    pns = transformer.config.patch_nums
+    settings = SamplingSettings(cfg=work.cfg, more_smooth=True, final_stage=0)  # sample.py's defaults
+    rng = torch.Generator(device=device).manual_seed(work.seed)
+    clock = Clock(device)
+    stage_marks: list[Any] = []
+    diffusion_marks: list[Any] = []
+    mark_diffusion = lambda: diffusion_marks.append(clock.mark())  # noqa: E731
+
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype), \
+            _around_method(transformer.diffloss, "sample", mark_diffusion, mark_diffusion):
+        clock.start()
+        t0 = clock.mark()
+        text = encode_id_lists(models.text_model, work.ids_per_prompt, pad_token_id=models.pad_token_id,
+                               max_length=T, system_ids=work.system_ids)
+        t_text = clock.mark()
+        result = transformer.generate(
+            models.tokenizer, text.context_BTD, text.mask_BT, text.position_ids_BT, settings=settings,
+            generator=rng, on_stage_end=lambda si: stage_marks.append(clock.mark()),
+        )
+        t_end = clock.mark()
+        clock.finish()
+    if len(stage_marks) != len(pns) or len(diffusion_marks) != 2 or result.image_B3HW is None:
+        raise RuntimeError(f"expected {len(pns)} stage ends and one diffusion call, got "
+                           f"{len(stage_marks)} and {len(diffusion_marks) // 2}")
+    bounds = [t_text] + stage_marks
+    phases = {"text encoding": clock.seconds(t0, t_text)}
+    for si, p in enumerate(pns):
+        phases[f"scale {p}x{p}"] = clock.seconds(bounds[si], bounds[si + 1])
+    phases["residual diffusion"] = clock.seconds(*diffusion_marks)
+    phases[f"scale {pns[-1]}x{pns[-1]}"] -= phases["residual diffusion"]  # the last stage without it
+    phases["VAE decode"] = clock.seconds(stage_marks[-1], t_end)
+    return phases
+
+
+@contextlib.contextmanager
+def count_triton_calls() -> Iterator[dict[str, int]]:
+    """Count calls of every ``<name>_triton`` function of the ``hart_edu.kernels`` modules
+    inside the block (their module globals are wrapped, which is what the dispatching
+    ``<name>`` functions look up at call time). Yields name -> count."""
+    import hart_edu.kernels as kernels
+
+    counts: dict[str, int] = {}
+    patched: list[tuple[Any, str, Any]] = []
+    for info in pkgutil.iter_modules(kernels.__path__):
+        if info.name in ("backend", "bench"):
+            continue
+        module = importlib.import_module(f"hart_edu.kernels.{info.name}")
+        for attr, fn in list(vars(module).items()):
+            if attr.endswith("_triton") and callable(fn) and getattr(fn, "__module__", None) == module.__name__:
+                def counted(*args, _fn=fn, _name=attr[: -len("_triton")], **kwargs):
+                    counts[_name] = counts.get(_name, 0) + 1
+                    return _fn(*args, **kwargs)
+
+                patched.append((module, attr, fn))
+                setattr(module, attr, counted)
+    try:
+        yield counts
+    finally:
+        for module, attr, fn in patched:
+            setattr(module, attr, fn)
+
+
+# --------------------------------------------------------------------------------------
+# The whole profile
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """All runs of one (backend, batch): seconds per phase per run, medians, kernel calls."""
+
+    backend: str
+    batch: int
+    runs: list[dict[str, float]]
+    triton_calls: dict[str, int] | None = None  # None: not counted (reference backend)
+    peak_memory_bytes: int | None = None  # CUDA only
+
+    def median(self, phase: str) -> float:
+        return statistics.median(run[phase] for run in self.runs)
+
+    @property
+    def total_s(self) -> float:
+        return statistics.median(sum(run.values()) for run in self.runs)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / self.total_s
+
+
+@dataclass
+class Profile:
+    arch: Architecture
+    device: torch.device
+    dtype_name: str
+    warmup: int
+    repeats: int
+    system_tokens: int
+    parameters: dict[str, int]
+    measurements: list[Measurement] = field(default_factory=list)
+
+    @property
+    def phases(self) -> list[str]:
+        return phase_names(self.arch.patch_nums)
+
+
+def check_request(device: torch.device, backends: Sequence[str]) -> None:
+    """Refuse, before anything is built, what cannot run here (one-line ValueErrors)."""
+    from hart_edu.kernels import backend as kb
+
+    for name in backends:
+        if name not in kb.BACKENDS:
+            raise ValueError(f"--backends: unknown backend {name!r}; choose from {', '.join(kb.BACKENDS)}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (pass --device cpu)")
+    if "triton" in backends:
+        status = kb.triton_status()
+        if not status.available:
+            raise ValueError(f"--backends triton cannot run here: {status.reason}; "
+                             "pass --backends reference on this machine")
+        if status.mode == "cuda" and device.type != "cuda":
+            raise ValueError(f"--backends triton compiles CUDA kernels but --device is {device}: "
+                             "pass --device cuda (or set TRITON_INTERPRET=1 to interpret them on the CPU)")
+        if status.mode == "interpreter" and device.type != "cpu":
+            raise ValueError("TRITON_INTERPRET=1 runs the Triton kernels on the CPU: pass --device cpu")
+
+
+def run_profile(arch: Architecture, device: torch.device, dtype_name: str, backends: Sequence[str],
+                batches: Sequence[int], warmup: int, repeats: int, seed: int = 0,
+                system_tokens: int | None = None, progress: Callable[[str], None] = lambda s: None) -> Profile:
+    """Build ``arch`` once, then time ``warmup`` + ``repeats`` runs per backend and batch."""
+    from hart_edu.kernels.backend import use_backend
+
+    check_request(device, backends)
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need --repeats >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    if not batches or any(b < 1 for b in batches):
+        raise ValueError(f"--batch-sizes must be positive integers, got {list(batches)}")
+    dtype = DTYPES[dtype_name]
+    if system_tokens is None:
+        system_tokens = estimated_system_tokens() if arch.system_tokens is None else arch.system_tokens
+    if not 0 <= system_tokens <= arch.transformer["context_token"]:
+        raise ValueError(f"--system-tokens {system_tokens} must be in [0, {arch.transformer['context_token']}] "
+                         "(the official encoding slices the system prompt's mask from a context_token-wide tensor)")
+    progress(f"building {arch.description} with random weights in {dtype_name} on {device}")
+    models = build_models(arch, device, dtype, seed)
+    profile = Profile(arch, device, dtype_name, warmup, repeats, system_tokens, models.parameter_counts())
+    for batch in batches:
+        work = make_workload(arch, models, batch, system_tokens, seed)
+        for name in backends:
+            with use_backend(name):
+                for _ in range(warmup):
+                    run_once(models, work, device, dtype)
+                calls = None
+                if name == "triton":
+                    with count_triton_calls() as calls:
+                        run_once(models, work, device, dtype)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                runs = []
+                for _ in range(repeats):
+                    runs.append(run_once(models, work, device, dtype))
+                peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            m = Measurement(name, batch, runs, dict(calls) if calls is not None else None, peak)
+            profile.measurements.append(m)
+            progress(f"{name:>9s} batch {batch}: {m.total_s * 1e3:.1f} ms per run, {m.images_per_s:.2f} images/s")
+    return profile
+
+
+# --------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
+
+
+def format_table(profile: Profile) -> str:
+    """Phases as rows, (backend, batch) as columns, median milliseconds."""
+    ms = profile.measurements
+    heads = [f"{m.backend} b{m.batch}" for m in ms]
+    width = max(12, *(len(h) for h in heads))
+    label = max(len(p) for p in profile.phases + ["images / s"])
+    lines = [f"hart-edu profile: {profile.arch.description}",
+             f"random weights, {profile.dtype_name}, on {device_name(profile.device)}; median of "
+             f"{profile.repeats} runs after {profile.warmup} warm-up runs; milliseconds",
+             f"{'phase':<{label}} " + " ".join(f"{h:>{width}}" for h in heads)]
+    lines.append("-" * len(lines[-1]))
+    for phase in profile.phases:
+        lines.append(f"{phase:<{label}} " + " ".join(f"{m.median(phase) * 1e3:>{width}.2f}" for m in ms))
+    lines.append("-" * len(lines[2]))
+    lines.append(f"{'total':<{label}} " + " ".join(f"{m.total_s * 1e3:>{width}.2f}" for m in ms))
+    lines.append(f"{'images / s':<{label}} " + " ".join(f"{m.images_per_s:>{width}.2f}" for m in ms))
+    for m in ms:
+        if m.triton_calls is not None and not m.triton_calls:
+            lines.append(f"note: at batch {m.batch} the models called no Triton kernel under the triton backend: "
+                         "that column measured the reference code path")
+        elif m.triton_calls:
+            calls = ", ".join(f"{k} x{v}" for k, v in sorted(m.triton_calls.items()))
+            lines.append(f"triton kernels per run at batch {m.batch}: {calls}")
+    by_batch = {m.batch: m for m in ms}
+    if 1 in by_batch:
+        lines.append("latency at batch 1: " + ", ".join(
+            f"{m.backend} {m.total_s:.3f} s" for m in ms if m.batch == 1))
+    if max(by_batch) > 1:
+        b = max(by_batch)
+        lines.append(f"throughput at batch {b}: " + ", ".join(
+            f"{m.backend} {m.images_per_s:.2f} images/s" for m in ms if m.batch == b))
+    return "\n".join(lines)
+
+
+def to_json(profile: Profile) -> dict[str, Any]:
+    """Everything needed to read the figures later: what ran where, and every run."""
+    import hart_edu.kernels.backend as kb
+
+    return {
+        "tool": "hart-edu profile",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(profile.device),
+        "device_type": profile.device.type,
+        "torch": torch.__version__,
+        "triton": getattr(kb.triton, "__version__", None),
+        "size": profile.arch.name,
+        "architecture": profile.arch.description,
+        "config": {"transformer": _jsonable(profile.arch.transformer), "tokenizer": _jsonable(profile.arch.tokenizer),
+                   "text_encoder": _jsonable(profile.arch.text_encoder)},
+        "parameters": profile.parameters,
+        "weights": f"random, N(0, {WEIGHT_STD}^2) matrices, seeded",
+        "dtype": profile.dtype_name,
+        "prompt_tokens": profile.arch.prompt_tokens,
+        "system_tokens": profile.system_tokens,
+        "warmup": profile.warmup,
+        "repeats": profile.repeats,
+        "statistic": "median over repeats",
+        "phases": profile.phases,
+        "results": [
+            {"backend": m.backend, "batch": m.batch,
+             "phases_ms": {p: m.median(p) * 1e3 for p in profile.phases},
+             "total_ms": m.total_s * 1e3, "images_per_s": m.images_per_s,
+             "triton_calls": m.triton_calls, "peak_memory_bytes": m.peak_memory_bytes,
+             "runs_ms": [{p: run[p] * 1e3 for p in profile.phases} for run in m.runs]}
+            for m in profile.measurements
+        ],
+    }
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    path = Path(path)
+    if path.parent and not path.parent.is_dir():
+        raise FileNotFoundError(f"--json {path}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--batch-sizes {text!r}: expected comma-separated integers, e.g. 1,8") from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "profile", help="latency and throughput of HART inference by phase (random weights)",
+        description="Time text encoding, each scale, the residual diffusion and the VAE decode of the "
+                    "released HART architecture with random weights, per kernel backend.")
+    p.add_argument("--size", choices=sorted(ARCHITECTURES), default="1024px",
+                   help="architecture (default: 1024px; 'tiny' runs in seconds on a CPU)")
+    p.add_argument("--device", default="cuda", help="torch device (default: cuda)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
+                   help="weights and autocast dtype (default: bfloat16)")
+    p.add_argument("--backends", default="reference,triton",
+                   help="kernel backends, comma-separated (default: reference,triton)")
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8: latency and throughput)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first, per backend and batch (default: 3)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs; medians are reported (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the sampling (default: 0)")
+    p.add_argument("--system-tokens", type=int, default=None,
+                   help="system-prompt tokens in front of each prompt (default for 1024px: an estimate, "
+                        "the official system prompt's UTF-8 bytes / 4)")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure and run to this JSON file")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import sys
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or len(set(backends)) != len(backends):
+        raise ValueError(f"--backends {args.backends!r}: name each backend once, e.g. reference,triton")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a torch device (e.g. cuda, cuda:1, cpu)") from None
+    if args.json is not None and not args.json.parent.is_dir():
+        raise FileNotFoundError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    profile = run_profile(
+        ARCHITECTURES[args.size], device, args.dtype, backends, _int_list(args.batch_sizes),
+        warmup=args.warmup, repeats=args.repeats, seed=args.seed, system_tokens=args.system_tokens,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    print(format_table(profile))
+    if args.json is not None:
+        write_json(args.json, to_json(profile))
+        print(f"wrote {args.json}")
+    return 0
