@@ -22,6 +22,11 @@ Where Triton can run
   **before** the kernel modules are imported, because ``@triton.jit`` decides at decoration
   time whether it builds a GPU kernel or an interpreted one. The interpreter is slow
   (milliseconds per program instance) and only meant for tests and for reading the kernels.
+
+This module does not import Triton itself (the models import it to read the choice): Triton
+and the decorated kernels are imported by :mod:`._triton` on first use, that is when a kernel
+module is imported or :func:`triton_status` is first asked. So importing ``hart_edu`` never
+fixes the interpreter choice; the first use of the Triton backend does.
 """
 
 from __future__ import annotations
@@ -30,16 +35,10 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import torch
-
-try:  # Triton is an optional dependency (pip install "hart-edu[triton]").
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference backend needs no Triton; asking for "triton" says why not
-    triton = None
-    tl = None
 
 BACKENDS = ("reference", "triton")
 
@@ -60,10 +59,10 @@ def _interpreter_requested() -> bool:
 
 def triton_status() -> TritonStatus:
     """Check, without running anything, whether the Triton backend can run in this process."""
-    if triton is None:
+    if _lazy("triton") is None:
         return TritonStatus(False, None, 'the "triton" package is not installed (pip install "hart-edu[triton]")')
     if _interpreter_requested():
-        if not isinstance(_probe, _interpreted_function_type()):
+        if not isinstance(_lazy("_probe"), _lazy("_interpreted_function_type")()):
             return TritonStatus(False, None, "TRITON_INTERPRET=1 was set after hart_edu.kernels was imported; "
                                              "set it in the environment before importing triton or the kernels")
         return TritonStatus(True, "interpreter", "")
@@ -118,34 +117,26 @@ def dispatch(reference: Any, triton_impl: Any) -> Any:
     return triton_impl if get_backend() == "triton" else reference
 
 
-# -- Triton decoration that also works when Triton is absent ------------------------------
+# -- Triton itself, imported on first use ---------------------------------------------------
+
+_FROM_TRITON_MODULE = ("triton", "tl", "jit", "_probe", "_MissingTriton", "_interpreted_function_type")
 
 
-class _MissingTriton:
-    """Stands in for a ``@triton.jit`` kernel when Triton is not installed."""
+def _triton_module() -> ModuleType:
+    from . import _triton
 
-    def __init__(self, fn: Any):
-        self.fn = fn
-
-    def __getitem__(self, grid: Any) -> Any:
-        raise RuntimeError(f"cannot launch {self.fn.__name__}: {triton_status().reason}")
+    return _triton
 
 
-def jit(fn: Any) -> Any:
-    """``triton.jit`` when Triton is installed, a stub that raises a clear error otherwise."""
-    return triton.jit(fn) if triton is not None else _MissingTriton(fn)
+def _lazy(name: str) -> Any:
+    """``name`` from :mod:`._triton`, unless it was set on this module (tests replace them)."""
+    return globals()[name] if name in globals() else getattr(_triton_module(), name)
 
 
-def _interpreted_function_type() -> type:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return InterpretedFunction
-
-
-@jit
-def _probe(x_ptr):
-    """Never launched: its type tells whether kernels defined now are interpreted."""
-    tl.store(x_ptr, 0)
+def __getattr__(name: str) -> Any:  # backend.tl, backend.jit, ...: imported on first access
+    if name in _FROM_TRITON_MODULE:
+        return getattr(_triton_module(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cdiv(a: int, b: int) -> int:
