@@ -25,7 +25,7 @@ EXIT_BAD_INPUT = 2
 # Further subcommands live in their own modules, each with ``add_parser(sub)`` (registers the
 # subcommand on the argparse sub-parsers) and ``run(args) -> int`` (exit status). Keep their
 # heavy imports inside ``run`` so ``hart-edu --help`` stays fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.profile",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.app", "hart_edu.profile")
 
 
 def add_generate_parser(sub) -> None:
@@ -66,6 +66,15 @@ def add_generate_parser(sub) -> None:
                      help="one sample_images.png grid instead of one PNG per image (default: off)")
     gen.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                      help="show a progress bar over the scales (default: on)")
+    add_safety_arguments(gen)
+
+
+def add_safety_arguments(parser) -> None:
+    """``--safety-checker`` / ``--safety-threshold`` (generate and app; see hart_edu.safety)."""
+    parser.add_argument("--safety-checker", type=Path, default=None, metavar="PATH",
+                        help="refuse prompts that a local ShieldGemma (e.g. google/shieldgemma-2b) flags (default: off)")
+    parser.add_argument("--safety-threshold", type=float, default=0.5,
+                        help="refuse when P(violation) exceeds this, in [0, 1) (default: 0.5, as official)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +115,11 @@ def read_prompt_file(path: Path) -> list[str]:
     """One prompt per line (UTF-8, an optional BOM), blank lines skipped."""
     if not path.is_file():
         raise FileNotFoundError(f"--prompt-file {path} does not exist (or is not a file)")
+    from hart_edu.limits import MAX_PROMPT_FILE_BYTES
+
+    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise ValueError(f"--prompt-file {path} has {path.stat().st_size:,} bytes, more than "
+                         f"{MAX_PROMPT_FILE_BYTES:,}: is it the right file?")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -123,17 +137,24 @@ def read_prompt_file(path: Path) -> list[str]:
 def generate_main(args: argparse.Namespace) -> int:
     from hart_edu.ar_transformer import OFFICIAL, OfficialQuirks
     from hart_edu.paths import TINY_WEIGHTS
+    from hart_edu.limits import check_image_count, check_prompt_texts
     from hart_edu.sampler import check_sample_request, check_seed
 
     # 1. Check everything that can be checked before loading a model.
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file is not None else args.prompt
     request = check_sample_request(prompts, args.cfg, args.top_k, args.top_p, args.num_images)
     check_seed(args.seed)
+    check_prompt_texts(request.prompts)
+    check_image_count(len(request.prompts), request.num_images_per_prompt)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} exists and is not a folder")
     weights = args.weights if args.weights is not None else TINY_WEIGHTS
     no_quirks = OfficialQuirks(**{f.name: False for f in dataclasses.fields(OfficialQuirks)})
     quirks = OFFICIAL if args.official_quirks else no_quirks
+    if args.safety_checker is not None:  # refuse before the HART models load
+        from hart_edu.safety import SafetyChecker
+
+        SafetyChecker.from_pretrained(args.safety_checker, args.safety_threshold).require_safe(request.prompts)
 
     # 2. Load and generate; warnings (e.g. a truncated prompt) become one line each.
     caught: list[warnings.WarningMessage] = []
