@@ -33,9 +33,9 @@ What is measured, and how
 * Weights and activations are in ``--dtype`` (bfloat16 or float16) under
   ``torch.autocast`` of the same dtype (so the float32 parts of the pipeline, e.g. the text
   context and the RoPE angles, meet the half-precision weights as in the official run).
-* Under the Triton backend one extra warm-up run counts how often each ``*_triton`` kernel
-  function is called; the counts go into the report, and a line says so when there are
-  none (then the "triton" column measured the reference code path).
+* Under the Triton backend one extra warm-up run counts the launches of each Triton kernel;
+  the counts go into the report, and a line says so when there are none (then the "triton"
+  column measured the reference code path).
 
 Architectures (``--size``)
 --------------------------
@@ -348,32 +348,43 @@ def run_once(models: Models, work: Workload, device: torch.device, dtype: torch.
     return phases
 
 
+class _CountedKernel:
+    """Stands in for a ``@triton.jit`` kernel object: counts its launches (``kernel[grid](...)``)."""
+
+    def __init__(self, kernel: Any, name: str, counts: dict[str, int]):
+        self.kernel, self.name, self.counts = kernel, name, counts
+
+    def __getitem__(self, grid: Any) -> Any:
+        self.counts[self.name] = self.counts.get(self.name, 0) + 1
+        return self.kernel[grid]
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.kernel, attr)
+
+
 @contextlib.contextmanager
-def count_triton_calls() -> Iterator[dict[str, int]]:
-    """Count calls of every ``<name>_triton`` function of the ``hart_edu.kernels`` modules
-    inside the block (their module globals are wrapped, which is what the dispatching
-    ``<name>`` functions look up at call time). Yields name -> count."""
+def count_triton_launches() -> Iterator[dict[str, int]]:
+    """Count the launches of every Triton kernel of the ``hart_edu.kernels`` modules inside the
+    block, whoever calls them: each module-level ``@jit`` kernel object (which the module's
+    wrappers look up when they launch it) is replaced by a counter for the duration of the
+    block. Yields "module.kernel" -> launches."""
     import hart_edu.kernels as kernels
 
     counts: dict[str, int] = {}
     patched: list[tuple[Any, str, Any]] = []
     for info in pkgutil.iter_modules(kernels.__path__):
-        if info.name in ("backend", "bench"):
+        if info.name.startswith("_") or info.name in ("backend", "bench"):
             continue
         module = importlib.import_module(f"hart_edu.kernels.{info.name}")
-        for attr, fn in list(vars(module).items()):
-            if attr.endswith("_triton") and callable(fn) and getattr(fn, "__module__", None) == module.__name__:
-                def counted(*args, _fn=fn, _name=attr[: -len("_triton")], **kwargs):
-                    counts[_name] = counts.get(_name, 0) + 1
-                    return _fn(*args, **kwargs)
-
-                patched.append((module, attr, fn))
-                setattr(module, attr, counted)
+        for attr, obj in list(vars(module).items()):
+            if attr.endswith("_kernel") and hasattr(obj, "fn") and hasattr(type(obj), "__getitem__"):
+                patched.append((module, attr, obj))
+                setattr(module, attr, _CountedKernel(obj, f"{info.name}.{attr.lstrip('_')}", counts))
     try:
         yield counts
     finally:
-        for module, attr, fn in patched:
-            setattr(module, attr, fn)
+        for module, attr, obj in patched:
+            setattr(module, attr, obj)
 
 
 # --------------------------------------------------------------------------------------
@@ -388,7 +399,7 @@ class Measurement:
     backend: str
     batch: int
     runs: list[dict[str, float]]
-    triton_calls: dict[str, int] | None = None  # None: not counted (reference backend)
+    triton_launches: dict[str, int] | None = None  # per run; None: not counted (reference backend)
     peak_memory_bytes: int | None = None  # CUDA only
 
     def median(self, phase: str) -> float:
@@ -468,7 +479,7 @@ def run_profile(arch: Architecture, device: torch.device, dtype_name: str, backe
                     run_once(models, work, device, dtype)
                 calls = None
                 if name == "triton":
-                    with count_triton_calls() as calls:
+                    with count_triton_launches() as calls:
                         run_once(models, work, device, dtype)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
@@ -510,12 +521,12 @@ def format_table(profile: Profile) -> str:
     lines.append(f"{'total':<{label}} " + " ".join(f"{m.total_s * 1e3:>{width}.2f}" for m in ms))
     lines.append(f"{'images / s':<{label}} " + " ".join(f"{m.images_per_s:>{width}.2f}" for m in ms))
     for m in ms:
-        if m.triton_calls is not None and not m.triton_calls:
+        if m.triton_launches is not None and not m.triton_launches:
             lines.append(f"note: at batch {m.batch} the models called no Triton kernel under the triton backend: "
                          "that column measured the reference code path")
-        elif m.triton_calls:
-            calls = ", ".join(f"{k} x{v}" for k, v in sorted(m.triton_calls.items()))
-            lines.append(f"triton kernels per run at batch {m.batch}: {calls}")
+        elif m.triton_launches:
+            calls = ", ".join(f"{k} x{v}" for k, v in sorted(m.triton_launches.items()))
+            lines.append(f"Triton kernel launches per run at batch {m.batch}: {calls}")
     by_batch = {m.batch: m for m in ms}
     if 1 in by_batch:
         lines.append("latency at batch 1: " + ", ".join(
@@ -555,7 +566,7 @@ def to_json(profile: Profile) -> dict[str, Any]:
             {"backend": m.backend, "batch": m.batch,
              "phases_ms": {p: m.median(p) * 1e3 for p in profile.phases},
              "total_ms": m.total_s * 1e3, "images_per_s": m.images_per_s,
-             "triton_calls": m.triton_calls, "peak_memory_bytes": m.peak_memory_bytes,
+             "triton_launches": m.triton_launches, "peak_memory_bytes": m.peak_memory_bytes,
              "runs_ms": [{p: run[p] * 1e3 for p in profile.phases} for run in m.runs]}
             for m in profile.measurements
         ],
