@@ -122,7 +122,7 @@ class SafetyChecker:
             dtype_kwarg = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
             model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
                                                          **{dtype_kwarg: dtype})
-        except (OSError, ValueError, KeyError) as err:
+        except Exception as err:  # transformers and safetensors raise many types: all mean "unusable"
             message = " ".join(str(err).split())
             raise ValueError(f"--safety-checker {folder}: not a usable causal LM folder: {message}") from None
         return cls(model, tokenizer, threshold)

@@ -266,9 +266,15 @@ def load_text_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> t
         raise FileNotFoundError(f"no text encoder here (config.json missing): {folder}")
     # transformers renamed torch_dtype= to dtype= in 4.56.
     dtype_kwarg = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    model = transformers.AutoModel.from_pretrained(
-        str(folder), local_files_only=True, **{dtype_kwarg: dtype}
-    )
+    try:
+        model = transformers.AutoModel.from_pretrained(
+            str(folder), local_files_only=True, **{dtype_kwarg: dtype}
+        )
+    except Exception as err:  # transformers and safetensors raise many types: all mean "unusable"
+        from hart_edu.checkpoint import CheckpointError
+
+        message = " ".join(str(err).split())
+        raise CheckpointError(f"cannot load the text encoder from {folder}: {message}") from err
     return model.eval()
 
 
