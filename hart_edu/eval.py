@@ -100,20 +100,11 @@ def render_generator(size: int = 64) -> Generator:
 
 
 def load_pipeline(root: str | Path):
-    """HARTPipeline for a weights tree; the text encoder is ``root/text_encoder/`` or, for
-    the tiny model, the one ``root/text_encoder.json`` names (a pip package, not copied)."""
+    """``HARTPipeline.from_pretrained(root)`` (the tiny tree names its text encoder in
+    ``root/text_encoder.json``)."""
     from hart_edu.sampler import HARTPipeline
-    from hart_edu.train.transformer import TEXT_ENCODER_POINTER, TEXT_ENCODER_PACKAGE, text_encoder_folder
 
-    root = Path(root)
-    pointer = root / TEXT_ENCODER_POINTER
-    if (root / "text_encoder" / "config.json").is_file() or not pointer.is_file():
-        return HARTPipeline.from_pretrained(root)
-    spec = json.loads(pointer.read_text())
-    if spec.get("python_package") != TEXT_ENCODER_PACKAGE:
-        raise ValueError(f"{pointer}: unknown text encoder package {spec.get('python_package')!r}")
-    return HARTPipeline.from_pretrained(root, text_encoder=text_encoder_folder(),
-                                        system_prompt=spec.get("system_prompt"))
+    return HARTPipeline.from_pretrained(root)
 
 
 def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Generator,

@@ -61,7 +61,24 @@ from hart_edu.ar_transformer import (
     SamplingSettings,
 )
 from hart_edu.hybrid_tokenizer import HybridTokenizer
-from hart_edu.text_encoder import HART_SYSTEM_PROMPT, TextEncoder, TextEncoding
+from hart_edu.text_encoder import (
+    HART_SYSTEM_PROMPT,
+    TEXT_ENCODER_POINTER,
+    TextEncoder,
+    TextEncoding,
+    read_text_encoder_pointer,
+)
+
+
+class _TreeDefault:
+    """The type of :data:`TREE_DEFAULT`."""
+
+    def __repr__(self) -> str:
+        return "TREE_DEFAULT"
+
+
+# "whatever the weights tree says" (for the system prompt: see HARTPipeline.from_pretrained)
+TREE_DEFAULT = _TreeDefault()
 
 __all__ = [
     "HARTPipeline",
@@ -288,7 +305,7 @@ class HARTPipeline:
         ema: bool = True,
         *,
         text_tokenizer: str | Path | None = None,
-        system_prompt: str | None = HART_SYSTEM_PROMPT,
+        system_prompt: str | None | _TreeDefault = TREE_DEFAULT,
         dtype: torch.dtype = torch.float32,
     ) -> "HARTPipeline":
         """Load a HART tree: ``root/tokenizer``, ``root/llm`` (``ema_model.bin`` with ``ema``)
@@ -297,7 +314,12 @@ class HARTPipeline:
 
         The text encoder's tokenizer files are read from ``text_tokenizer``, else from
         ``root/text_tokenizer`` when that folder exists, else from the text encoder folder.
-        ``system_prompt=None`` switches the system prompt off. Every load is strict.
+        A tree whose text encoder ships as a pip package (the tiny HART's) names it in
+        ``root/text_encoder.json`` (see :func:`hart_edu.text_encoder.read_text_encoder_pointer`):
+        it is used when there is no ``root/text_encoder/`` and no ``text_encoder`` argument.
+        ``system_prompt``: by default the tree's (the official one, or what
+        ``text_encoder.json`` says the model was trained with); None switches it off.
+        Every load is strict.
         ``dtype``: the weights' dtype (see :attr:`dtype`; torch.bfloat16 halves the memory
         and runs on a CPU with AMX several times faster than float32).
         """
@@ -312,6 +334,13 @@ class HARTPipeline:
                     f"(and text_encoder/ unless you pass one)"
                 )
         text_folder = Path(text_encoder) if text_encoder is not None else root / "text_encoder"
+        tree_system_prompt = HART_SYSTEM_PROMPT
+        pointer = root / TEXT_ENCODER_POINTER
+        if text_encoder is None and not (text_folder / "config.json").is_file() and pointer.is_file():
+            spec = read_text_encoder_pointer(pointer)
+            text_folder, tree_system_prompt = spec.folder, spec.system_prompt
+        if isinstance(system_prompt, _TreeDefault):
+            system_prompt = tree_system_prompt
         if not (text_folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"no text encoder at {text_folder} (config.json missing): pass text_encoder=PATH "

