@@ -56,8 +56,9 @@ def add_generate_parser(sub) -> None:
                      help="add the diffusion head's continuous residual (default: on)")
     gen.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                      help="use llm/ema_model.bin (default: on)")
-    gen.add_argument("--system-prompt", action=argparse.BooleanOptionalAction, default=True,
-                     help="prefix the official system prompt to every prompt (default: on)")
+    gen.add_argument("--system-prompt", action=argparse.BooleanOptionalAction, default=None,
+                     help="prefix the official system prompt to every prompt (default: the weights tree's "
+                          "choice: on for the released model, off for weights/tiny)")
     gen.add_argument("--official-quirks", action=argparse.BooleanOptionalAction, default=True,
                      help="keep the official code's quirks (see OfficialQuirks; default: on)")
     gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
@@ -184,12 +185,12 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks) -
     """Run the pipeline; return the PNG files' bytes by file name (sample.py's names)."""
     import io
 
-    from hart_edu.sampler import HARTPipeline, grid_to_uint8, image_grid, uint8_to_pil
+    from hart_edu.sampler import TREE_DEFAULT, HARTPipeline, grid_to_uint8, image_grid, uint8_to_pil
     from hart_edu.text_encoder import HART_SYSTEM_PROMPT
 
     pipe = HARTPipeline.from_pretrained(
         weights, text_encoder=args.text_encoder, ema=args.ema, text_tokenizer=args.text_tokenizer,
-        system_prompt=HART_SYSTEM_PROMPT if args.system_prompt else None,
+        system_prompt={None: TREE_DEFAULT, True: HART_SYSTEM_PROMPT, False: None}[args.system_prompt],
     )
     out = pipe(
         request.prompts, cfg=request.cfg, top_k=request.top_k or None, top_p=request.top_p or None,
