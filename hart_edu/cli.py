@@ -82,9 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hart-edu", description="Learn, run and hack on HART.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="tokenize a photo and held-out scenes: discrete vs hybrid")
+    demo = sub.add_parser("demo", help="the tiny HART draws held-out captions (a grid, time per image)")
     demo.add_argument("--out", default="demo.png", help="PNG to write (default: demo.png)")
-    demo.add_argument("--weights", default=None, help="a tokenizer/ folder (default: weights/tiny/tokenizer)")
+    demo.add_argument("--weights", default=None,
+                      help="a HART tree (default: weights/tiny); with --tokenizer, a tokenizer/ folder")
+    demo.add_argument("--n", type=int, default=12, help="number of captions (default: 12)")
+    demo.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    demo.add_argument("--tokenizer", action="store_true",
+                      help="instead: tokenize a photo and held-out scenes, discrete-only vs hybrid")
     add_generate_parser(sub)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
@@ -95,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from hart_edu.demo import main as demo_main
+            from hart_edu import demo
 
-            return demo_main(args.out, args.weights)
+            if args.tokenizer:
+                return demo.tokenizer_main(args.out, args.weights)
+            return demo.main(args.out, args.weights, n=args.n, seed=args.seed)
         if args.command == "generate":
             return generate_main(args)
         return args.run(args)  # a SUBCOMMAND_MODULES command: add_parser set run= as its default
