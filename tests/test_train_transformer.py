@@ -201,3 +201,16 @@ def test_init_from_a_saved_folder_continues_from_its_weights(tokenizer_folder, t
         torch.testing.assert_close(second.model.state_dict()[k], v, rtol=0, atol=1e-6)
     for k, v in first.ema_state.items():  # the EMA continues from the saved EMA
         torch.testing.assert_close(second.ema_state[k], v, rtol=0, atol=1e-2)
+
+
+def test_save_in_bfloat16_halves_the_files_and_loads_the_rounded_ema(tokenizer_folder, tmp_path):
+    result = train(tokenizer_folder, tmp_path / "run", small_settings(steps=2), progress=False)
+    save_pretrained(result, tmp_path / "fp32")
+    save_pretrained(result, tmp_path / "bf16", dtype=torch.bfloat16)
+    assert not (tmp_path / "bf16" / "ema_model.bin").exists()
+    size = lambda folder: sum(p.stat().st_size for p in (tmp_path / folder).glob("*model*"))  # noqa: E731
+    assert size("bf16") < 0.6 * size("fp32")
+    loaded = HARTTransformer.from_pretrained(tmp_path / "bf16", tokenizer_folder=tokenizer_folder)
+    for k, v in result.ema_state.items():
+        want = v.to(torch.bfloat16).to(v.dtype) if v.is_floating_point() else v
+        assert torch.equal(loaded.state_dict()[k], want), k

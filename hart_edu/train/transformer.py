@@ -524,18 +524,27 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
     return TrainResult(model.eval(), ema, history, time.time() - t0)
 
 
-def save_pretrained(result: TrainResult, out: Path) -> None:
-    """The official ``llm/`` layout: config.json, model.safetensors (last weights) and
-    ema_model.bin (EMA weights, what :meth:`HARTTransformer.from_pretrained` loads by default)."""
+def save_pretrained(result: TrainResult, out: Path, dtype: torch.dtype = torch.float32) -> None:
+    """The official ``llm/`` layout: config.json, model.safetensors (last weights) and the EMA
+    weights, what :meth:`HARTTransformer.from_pretrained` loads by default: ``ema_model.bin``
+    as the official tree has it, or with ``dtype=torch.bfloat16`` (how weights/tiny ships:
+    half the size) ``ema_model.safetensors``, floating-point tensors stored in bfloat16.
+    Loading casts them back to the model's float32."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = config_to_dict(result.model.config, MODEL_TYPE, ARCHITECTURE)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file({k: v.detach().contiguous() for k, v in result.model.state_dict().items()},
-              str(out / "model.safetensors"))
-    torch.save({k: v.detach().contiguous() for k, v in result.ema_state.items()}, out / "ema_model.bin")
+
+    def stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous() for k, v in state.items()}
+
+    save_file(stored(result.model.state_dict()), str(out / "model.safetensors"))
+    if dtype == torch.float32:
+        torch.save(stored(result.ema_state), out / "ema_model.bin")
+    else:
+        save_file(stored(result.ema_state), str(out / "ema_model.safetensors"))
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -582,13 +591,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, default=Path("runs/transformer"), help="checkpoints and cached encodings")
     p.add_argument("--report", type=Path, default=Path("weights/tiny/reports"))
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--save-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the saved weights (bfloat16: half the size, EMA as ema_model.safetensors)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this llm/ folder's weights and EMA (a new schedule: a second sitting)")
     add_settings_arguments(p, TrainSettings)
     args = p.parse_args(argv)
     settings = settings_from_args(TrainSettings, args)
     result = train(args.tokenizer, args.run, settings, resume=args.resume, init_from=args.init_from)
-    save_pretrained(result, args.out)
+    save_pretrained(result, args.out, dtype=getattr(torch, args.save_dtype))
     write_text_encoder_pointer(args.out.parent, settings.context_token)
     last = result.history[-50:]
     report = {
