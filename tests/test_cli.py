@@ -94,8 +94,8 @@ def test_prompt_file_grid_and_switches(tree, tmp_path):
 def test_booleans_can_be_switched_off():
     parser = cli.build_parser()
     on = parser.parse_args(["generate", "--prompt", "x"])
-    assert (on.more_smooth, on.residual, on.ema, on.system_prompt, on.grid, on.official_quirks) == (
-        True, True, True, True, False, True)
+    assert (on.more_smooth, on.residual, on.ema, on.grid, on.official_quirks) == (True, True, True, False, True)
+    assert on.system_prompt is None  # the weights tree's choice (text_encoder.json), see HARTPipeline
     off = parser.parse_args(["generate", "--prompt", "x", "--no-more-smooth", "--no-residual", "--no-ema",
                              "--no-system-prompt", "--no-grid", "--no-official-quirks"])
     assert not any((off.more_smooth, off.residual, off.ema, off.system_prompt, off.grid, off.official_quirks))
