@@ -211,7 +211,7 @@ class Models:
     pad_token_id: int
 
     def parameter_counts(self) -> dict[str, int]:
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        count = lambda m: sum(p.numel() for p in m.parameters())
         return {"text encoder": count(self.text_model), "transformer (with diffusion head)": count(self.transformer),
                 "diffusion head": count(self.transformer.diffloss), "tokenizer": count(self.tokenizer)}
 
@@ -320,7 +320,7 @@ def run_once(models: Models, work: Workload, device: torch.device, dtype: torch.
     clock = Clock(device)
     stage_marks: list[Any] = []
     diffusion_marks: list[Any] = []
-    mark_diffusion = lambda: diffusion_marks.append(clock.mark())  # noqa: E731
+    mark_diffusion = lambda: diffusion_marks.append(clock.mark())
 
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype), \
             _around_method(transformer.diffloss, "sample", mark_diffusion, mark_diffusion):
@@ -368,7 +368,7 @@ def count_triton_launches() -> Iterator[dict[str, int]]:
     block, whoever calls them: each module-level ``@jit`` kernel object (which the module's
     wrappers look up when they launch it) is replaced by a counter for the duration of the
     block. Yields "module.kernel" -> launches."""
-    import hart_edu.kernels as kernels
+    from hart_edu import kernels
 
     counts: dict[str, int] = {}
     patched: list[tuple[Any, str, Any]] = []
@@ -511,8 +511,8 @@ def format_table(profile: Profile) -> str:
     width = max(12, *(len(h) for h in heads))
     label = max(len(p) for p in profile.phases + ["images / s"])
     lines = [f"hart-edu profile: {profile.arch.description}",
-             f"random weights, {profile.dtype_name}, on {device_name(profile.device)}; median of "
-             f"{profile.repeats} runs after {profile.warmup} warm-up runs; milliseconds",
+             (f"random weights, {profile.dtype_name}, on {device_name(profile.device)}; median of "
+              f"{profile.repeats} runs after {profile.warmup} warm-up runs; milliseconds"),
              f"{'phase':<{label}} " + " ".join(f"{h:>{width}}" for h in heads)]
     lines.append("-" * len(lines[-1]))
     for phase in profile.phases:

@@ -353,8 +353,8 @@ def measure(eager_cases: list[Case], compiled_cases: list[Case] | None, bench: C
 def format_table(results: list[CaseResult], gpu_name: str, dtype_name: str, peaks: Peaks) -> str:
     bw = f"{peaks.bandwidth_gbs:.0f} GB/s" if peaks.bandwidth_gbs else "unknown"
     fl = f"{peaks.fp32_tflops:.1f} TFLOP/s" if peaks.fp32_tflops else "unknown"
-    lines = [f"device: {gpu_name}; activations {dtype_name}; peak bandwidth {bw} ({peaks.bandwidth_source}); "
-             f"peak float32 {fl} ({peaks.fp32_source})",
+    lines = [(f"device: {gpu_name}; activations {dtype_name}; peak bandwidth {bw} ({peaks.bandwidth_source}); "
+              f"peak float32 {fl} ({peaks.fp32_source})"),
              f"{'implementation':<15} {'ms':>9} {'rate':>14} {'of peak':>8} {'x triton time':>13}"]
     for r in results:
         unit = "MB moved" if r.case.bound == "memory" else "GFLOP"
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                              liger_missing=liger_missing)
     compiled_cases = (None if args.no_compile else
                       make_cases(sizes, device, dtype, torch.Generator().manual_seed(0), torch.compile))
-    bench = lambda fn, grad_to_none=None: do_bench(fn, grad_to_none=grad_to_none, return_mode="median")  # noqa: E731
+    bench = lambda fn, grad_to_none=None: do_bench(fn, grad_to_none=grad_to_none, return_mode="median")
     results = measure(eager_cases, compiled_cases, bench, peaks)
     print(format_table(results, gpu_name, args.dtype, peaks))
     if args.json is not None:

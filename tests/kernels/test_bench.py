@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from hart_edu.kernels import bench
 
 TINY = bench.BenchSizes(batch=2, embed_dim=16, num_heads=2, mlp_hidden=24, context_tokens=3,
@@ -93,14 +92,20 @@ def fake_timer(times: dict[str, float]):
     return bench_fn
 
 
+def labelled(fn, impl: str):
+    """``fn`` as a new function object carrying which implementation it is (for fake_timer)."""
+    def call():
+        return fn()
+    call.impl = impl
+    return call
+
+
 def tag(cases: list[bench.Case], impl_of_reference: str) -> None:
     for case in cases:
         for attr, impl in (("reference", impl_of_reference), ("triton", "triton"), ("liger", "liger")):
             fn = getattr(case, attr)
             if fn is not None:
-                wrapped = (lambda f: (lambda: f()))(fn)
-                wrapped.impl = impl
-                setattr(case, attr, wrapped)
+                setattr(case, attr, labelled(fn, impl))
 
 
 def test_measure_targets_and_json_record(device, tmp_path):
