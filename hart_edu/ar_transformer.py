@@ -107,6 +107,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hart_edu.checkpoint import (
+    EMA_WEIGHT_FILES,
     CheckpointError,
     check_state_dict,
     config_from_dict,
@@ -114,6 +115,7 @@ from hart_edu.checkpoint import (
     load_weight_file,
     read_config,
 )
+from hart_edu.kernels import backend as kernel_backend
 from hart_edu.residual_diffusion import ResidualDiffusion, TimestepEmbedder
 
 __all__ = [
@@ -344,15 +346,27 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Rope(NamedTuple):
-    """cos and sin of the rotation angles, (N, L, d_head) each."""
+    """cos and sin of the rotation angles, (N, L, d_head) each, and the positions they come
+    from ((N, L) or (N, L, 2); the Triton kernel computes the angles itself)."""
 
     cos_NLd: torch.Tensor
     sin_NLd: torch.Tensor
+    position_ids: torch.Tensor | None = None
 
     def apply(self, x_NHLd: torch.Tensor) -> torch.Tensor:
         """x * cos + rotate_half(x) * sin (same angles for every head)."""
         out_NHLd = x_NHLd * self.cos_NLd.unsqueeze(1) + rotate_half(x_NHLd) * self.sin_NLd.unsqueeze(1)
         return out_NHLd.to(x_NHLd.dtype)  # float32 angles must not turn a bf16 KV cache into float32
+
+    def apply_qk(self, q_NHLd: torch.Tensor, k_NHLd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q and k: :meth:`apply` to each, or one fused kernel under ``use_backend("triton")``."""
+        if kernel_backend.get_backend() == "triton":
+            from hart_edu.kernels.rope import rope_triton  # imports Triton: on first use only
+
+            if self.position_ids is None:
+                raise ValueError("the Triton RoPE kernel needs Rope.position_ids (build it with rope_1d / rope_2d)")
+            return tuple(rope_triton(q_NHLd, k_NHLd, self.position_ids))
+        return self.apply(q_NHLd), self.apply(k_NHLd)
 
 
 def rope_1d(position_ids_NL: torch.Tensor, head_dim: int) -> Rope:
@@ -360,7 +374,7 @@ def rope_1d(position_ids_NL: torch.Tensor, head_dim: int) -> Rope:
     inv_freq_J = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     angles_NLJ = position_ids_NL.float().unsqueeze(-1) * inv_freq_J.to(position_ids_NL.device)
     emb_NLd = torch.cat((angles_NLJ, angles_NLJ), dim=-1)
-    return Rope(emb_NLd.cos(), emb_NLd.sin())
+    return Rope(emb_NLd.cos(), emb_NLd.sin(), position_ids_NL)
 
 
 def rope_2d(position_ids_NL2: torch.Tensor, head_dim: int) -> Rope:
@@ -370,7 +384,7 @@ def rope_2d(position_ids_NL2: torch.Tensor, head_dim: int) -> Rope:
     row_NLJ = position_ids_NL2[..., 0].float().unsqueeze(-1) * inv_freq_J
     col_NLJ = position_ids_NL2[..., 1].float().unsqueeze(-1) * inv_freq_J
     emb_NLd = torch.cat((row_NLJ, row_NLJ, col_NLJ, col_NLJ), dim=-1)
-    return Rope(emb_NLd.cos(), emb_NLd.sin())
+    return Rope(emb_NLd.cos(), emb_NLd.sin(), position_ids_NL2)
 
 
 def grid_positions(pn: int, largest: int, device: torch.device | None = None) -> torch.Tensor:
@@ -441,7 +455,7 @@ class LlamaAttention(nn.Module):
             scale_mul_1H11 = self.scale_mul_1H11.clamp(max=self.max_scale_mul).exp()
             q_NHLd = F.normalize(q_NHLd, dim=-1).mul(scale_mul_1H11)
             k_NHLd = F.normalize(k_NHLd, dim=-1)
-        q_NHLd, k_NHLd = rope.apply(q_NHLd), rope.apply(k_NHLd)
+        q_NHLd, k_NHLd = rope.apply_qk(q_NHLd, k_NHLd)
 
         cache.extend(k_NHLd, v_NHLd, valid_NL)  # this stage's tokens see themselves and all before
         bias = None
@@ -464,7 +478,12 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, embed_dim, bias=False)
 
     def forward(self, u_NLC: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(u_NLC)) * self.up_proj(u_NLC))
+        a_NLH, b_NLH = self.gate_proj(u_NLC), self.up_proj(u_NLC)
+        if kernel_backend.get_backend() == "triton":
+            from hart_edu.kernels.swiglu import swiglu_triton  # imports Triton: on first use only
+
+            return self.down_proj(swiglu_triton(a_NLH, b_NLH))
+        return self.down_proj(F.silu(a_NLH) * b_NLH)
 
 
 class GPT2MLP(nn.Module):
@@ -477,6 +496,15 @@ class GPT2MLP(nn.Module):
 
     def forward(self, u_NLC: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(u_NLC), approximate="tanh"))
+
+
+def norm_modulate(norm: RMSNorm, x_NLC: torch.Tensor, scale_N1C: torch.Tensor, shift_N1C: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``norm(x) * (1 + scale) + shift``; one fused kernel under ``use_backend("triton")``."""
+    if kernel_backend.get_backend() == "triton":
+        from hart_edu.kernels.rmsnorm_modulate import rmsnorm_modulate_triton  # imports Triton: on first use only
+
+        return rmsnorm_modulate_triton(x_NLC, norm.weight, scale_N1C, shift_N1C, norm.eps)
+    return norm(x_NLC) * (scale_N1C + 1) + shift_N1C
 
 
 class Modulation(NamedTuple):
@@ -531,9 +559,9 @@ class Block(nn.Module):
             x_NLC = x_NLC + self.attn(self.ln_wo_grad(x_NLC), rope, cache, valid_NL, mask_padding)
             return x_NLC + self.ffn(self.ln_wo_grad(x_NLC))
         # x <- x + g1 * Attn(norm(x) (1 + s1) + b1);  x <- x + g2 * MLP(norm(x) (1 + s2) + b2)
-        u_NLC = self.ln_wo_grad(x_NLC) * (mod.scale1 + 1) + mod.shift1
+        u_NLC = norm_modulate(self.ln_wo_grad, x_NLC, mod.scale1, mod.shift1)
         x_NLC = x_NLC + self.attn(u_NLC, rope, cache, valid_NL, mask_padding) * mod.gamma1
-        u_NLC = self.ln_wo_grad(x_NLC) * (mod.scale2 + 1) + mod.shift2
+        u_NLC = norm_modulate(self.ln_wo_grad, x_NLC, mod.scale2, mod.shift2)
         return x_NLC + self.ffn(u_NLC) * mod.gamma2
 
 
@@ -551,7 +579,7 @@ class AdaLNBeforeHead(nn.Module):
         C = x_NLC.shape[-1]
         cond_N1C = cond_NTC.max(dim=1, keepdim=True).values if cond_NTC.shape[1] > 1 else cond_NTC
         scale_N1C, shift_N1C = self.ada_lin(cond_N1C).view(-1, 1, 2, C).unbind(2)
-        return self.ln_wo_grad(x_NLC) * (scale_N1C + 1) + shift_N1C
+        return norm_modulate(self.ln_wo_grad, x_NLC, scale_N1C, shift_N1C)
 
 
 # --------------------------------------------------------------------------------------
@@ -733,9 +761,10 @@ class HARTTransformer(nn.Module):
         main_path = find_weight_file(llm_folder)
         model.load_official_state_dict(load_weight_file(main_path), source=str(main_path))
         if ema:
-            ema_path = llm_folder / "ema_model.bin"
-            if not ema_path.is_file():
-                raise CheckpointError(f"ema=True but {ema_path} does not exist (pass ema=False for the main weights)")
+            if not any((llm_folder / name).is_file() for name in EMA_WEIGHT_FILES):
+                raise CheckpointError(f"ema=True but {llm_folder} has no {' or '.join(EMA_WEIGHT_FILES)} "
+                                      f"(pass ema=False for the main weights)")
+            ema_path = find_weight_file(llm_folder, EMA_WEIGHT_FILES)
             model.load_official_state_dict(load_weight_file(ema_path), source=str(ema_path))
         return model.eval()
 
@@ -1055,14 +1084,17 @@ class _Run:
         B, s, q = self.B, self.settings, self.quirks
         ratio = self.model.cfg_ratio(si, q)
         t = s.cfg * ratio
-        logits_BlV = (1 + t) * logits_NlV[:B] - t * logits_NlV[B:]
+        top_k = official_top_k(si) if q.top_k_override else s.top_k
+        if kernel_backend.get_backend() == "triton":
+            logits_BlV, filtered_BlV, idx_Bl = self.fused_pick(logits_NlV, t, top_k)
+        else:
+            logits_BlV = (1 + t) * logits_NlV[:B] - t * logits_NlV[B:]
+            filtered_BlV = filter_top_k_top_p(logits_BlV, top_k, s.top_p)
+            idx_Bl = sample_indices(filtered_BlV, self.generator, s.greedy)
         if self.capture:
             self.result.raw_logits.append(raw_logits_NLV)
             self.result.cfg_logits.append(logits_BlV)
             self.result.cfg_ratio.append(t)
-        top_k = official_top_k(si) if q.top_k_override else s.top_k
-        filtered_BlV = filter_top_k_top_p(logits_BlV, top_k, s.top_p)
-        idx_Bl = sample_indices(filtered_BlV, self.generator, s.greedy)
         if record_indices:
             self.result.indices.append(idx_Bl)
         if not s.more_smooth:
@@ -1072,6 +1104,30 @@ class _Run:
         tau = max(0.27 * (1 - ratio * 0.95), 0.005)  # MaskGIT-style temperature (official)
         soft_BlV = gumbel_softmax(filtered_BlV * (1 + ratio), tau, self.generator)
         return _Pick(idx_Bl, soft_BlV @ self.quantizer.embedding.weight.unsqueeze(0), ratio)
+
+
+    def fused_pick(self, logits_NlV: torch.Tensor, t: float,
+                   top_k: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """The sampling step as one Triton launch: (guided logits if captured, filtered logits
+        if ``more_smooth``, idx_Bl).
+
+        It consumes the same draws as the eager path: the Exp(1) numbers that
+        ``torch.multinomial`` draws from ``generator`` are drawn here (same shape, dtype and
+        device as the eager path's probabilities) and the kernel runs multinomial's exponential
+        race on them (see ``hart_edu.kernels.cfg_sample``); greedy needs no draw.
+        """
+        from hart_edu.kernels.cfg_sample import cfg_multinomial_triton, multinomial_noise  # imports Triton
+
+        s = self.settings
+        noise_BlV = None
+        if not s.greedy:
+            if self.generator is None:
+                raise ValueError("sampling needs generator= (a torch.Generator); hart_edu never uses the global RNG")
+            B, l, V = logits_NlV.shape[0] // 2, logits_NlV.shape[1], logits_NlV.shape[2]
+            noise_BlV = multinomial_noise((B, l, V), logits_NlV.dtype, logits_NlV.device, self.generator)
+        out = cfg_multinomial_triton(logits_NlV, t, top_k, s.top_p, noise_BlV,
+                                     keep_guided=self.capture, keep_filtered=s.more_smooth)
+        return out.guided_BlV, out.filtered_BlV, out.idx_Bl
 
 
 class _Pick(NamedTuple):

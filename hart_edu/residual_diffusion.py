@@ -88,6 +88,7 @@ import torch
 from torch import nn
 
 from hart_edu.checkpoint import check_state_dict
+from hart_edu.kernels import backend as kernel_backend
 
 __all__ = [
     "DiffusionHeadConfig",
@@ -366,6 +367,16 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(timestep_embedding(t_N, self.frequency_dim))
 
 
+def layer_norm_modulate(norm: nn.LayerNorm, h_NW: torch.Tensor, scale_NW: torch.Tensor,
+                        shift_NW: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``norm(h) * (1 + scale) + shift``; one fused kernel under ``use_backend("triton")``."""
+    if kernel_backend.get_backend() == "triton":
+        from hart_edu.kernels.layernorm_modulate import layernorm_modulate_triton  # imports Triton: on first use only
+
+        return layernorm_modulate_triton(h_NW, norm.weight, norm.bias, scale_NW, shift_NW, norm.eps)
+    return norm(h_NW) * (1 + scale_NW) + shift_NW
+
+
 class AdaLNResBlock(nn.Module):
     """h + gate * MLP(LN(h) * (1 + scale) + shift), with (shift, scale, gate) from y."""
 
@@ -377,7 +388,7 @@ class AdaLNResBlock(nn.Module):
 
     def forward(self, h_NW: torch.Tensor, y_NW: torch.Tensor) -> torch.Tensor:
         shift_NW, scale_NW, gate_NW = self.adaLN_modulation(y_NW).chunk(3, dim=-1)
-        return h_NW + gate_NW * self.mlp(self.in_ln(h_NW) * (1 + scale_NW) + shift_NW)
+        return h_NW + gate_NW * self.mlp(layer_norm_modulate(self.in_ln, h_NW, scale_NW, shift_NW))
 
 
 class FinalLayer(nn.Module):
@@ -391,7 +402,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, h_NW: torch.Tensor, y_NW: torch.Tensor) -> torch.Tensor:
         shift_NW, scale_NW = self.adaLN_modulation(y_NW).chunk(2, dim=-1)
-        return self.linear(self.norm_final(h_NW) * (1 + scale_NW) + shift_NW)
+        return self.linear(layer_norm_modulate(self.norm_final, h_NW, scale_NW, shift_NW))
 
 
 class MLPAdaLN(nn.Module):

@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hart_edu.kernels import backend as kernel_backend
+
 __all__ = [
     "nearest_code",
     "straight_through",
@@ -70,10 +72,16 @@ def nearest_code(z_NC: torch.Tensor, codebook_VC: torch.Tensor, cosine: bool = F
     Computed as ``||z||^2 + ||e||^2 - 2 z e^T`` (one matmul), exactly as the official code
     does, so ties and near-ties resolve the same way. With ``cosine`` (the official
     ``using_znorm``) both sides are L2-normalised and the largest dot product wins.
+    Under ``use_backend("triton")`` one kernel keeps a running argmin instead
+    (``hart_edu.kernels.nearest_code``; float32, equal up to near-ties).
     """
     if z_NC.dim() != 2 or codebook_VC.dim() != 2 or z_NC.shape[1] != codebook_VC.shape[1]:
         raise ValueError(f"nearest_code wants (N, C) and (V, C), got {tuple(z_NC.shape)} and "
                          f"{tuple(codebook_VC.shape)}")
+    if kernel_backend.get_backend() == "triton":  # argmin without the (N, V) distance matrix
+        from hart_edu.kernels.nearest_code import nearest_code_triton  # imports Triton: on first use only
+
+        return nearest_code_triton(z_NC, codebook_VC, cosine)
     if cosine:
         return (F.normalize(z_NC, dim=1) @ F.normalize(codebook_VC, dim=1).T).argmax(dim=1)
     dist_NV = z_NC.square().sum(1, keepdim=True) + codebook_VC.square().sum(1)

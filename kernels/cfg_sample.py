@@ -28,8 +28,9 @@ ends in the same state) and the kernel fuses guidance, filtering, softmax and th
 where two codes' ``p_v / q_v`` lie within float32 rounding of each other (the kernel's
 ``exp`` and sum are not bit-identical to PyTorch's softmax).
 
-The Triton kernel gives each program one token's whole row of V logits. The top-k threshold
-and the top-p cut are found without sorting, by bisection over the 2^32 float32 values (as
+The Triton kernel gives each program whole rows of V logits (one token's for HART's
+V = 4096; filters that are off are compiled out). The top-k threshold and the top-p cut are
+found without sorting, by bisection over the 2^32 float32 values (as
 order-preserving int32 keys): 32 steps of "how many logits are >= T" for top-k, 33 steps of
 "how much probability lies at or below T" for top-p. On inputs without ties this is exactly
 the sort-based filter of the reference; with tied logits the reference's sort order decides
@@ -42,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from .backend import dispatch, jit, next_power_of_2, require_triton, tl
+from .backend import cdiv, dispatch, jit, next_power_of_2, require_triton, tl
 
 # Philox-4x32 constants (Salmon et al. 2011; as in Triton's tl.rand and cuRAND)
 PHILOX_ROUND_A, PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -173,77 +174,83 @@ def _sortable_key(x):
 
 
 @jit
-def _cfg_sample_kernel(logits_ptr, noise_ptr, idx_ptr, guided_ptr, filtered_ptr, B, l, V, one_plus_t, t,
-                       top_k, drop_mass, seed, DRAW: tl.constexpr, KEEP_GUIDED: tl.constexpr,
-                       KEEP_FILTERED: tl.constexpr, BLOCK_V: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # b * l + i (int64: B l V may exceed 2^31)
-    b, i = row // l, row % l
+def _cfg_sample_kernel(logits_ptr, noise_ptr, idx_ptr, guided_ptr, filtered_ptr, R, V, one_plus_t, t,
+                       top_k, drop_mass, seed, DRAW: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr,
+                       KEEP_GUIDED: tl.constexpr, KEEP_FILTERED: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+    # rows r = b * l + i of the conditional half; the unconditional twin is row R + r
+    r_R = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # int64: B l V may exceed 2^31
     v_V = tl.arange(0, BLOCK_V)
-    in_V = v_V < V
-    cond_V = tl.load(logits_ptr + (b * l + i) * V + v_V, mask=in_V, other=0.0).to(tl.float32)
-    uncond_V = tl.load(logits_ptr + ((B + b) * l + i) * V + v_V, mask=in_V, other=0.0).to(tl.float32)
-    z_V = one_plus_t * cond_V - t * uncond_V + 0.0  # (1 + t) z_c - t z_u  (+0.0 turns -0.0 into +0.0)
-    z_V = tl.where(in_V, z_V, float("-inf"))
+    in_R, in_V = r_R < R, v_V < V
+    in_RV = in_R[:, None] & in_V[None, :]
+    offs_RV = r_R[:, None] * V + v_V[None, :]
+    cond_RV = tl.load(logits_ptr + offs_RV, mask=in_RV, other=0.0).to(tl.float32)
+    uncond_RV = tl.load(logits_ptr + R * V + offs_RV, mask=in_RV, other=0.0).to(tl.float32)
+    z_RV = one_plus_t * cond_RV - t * uncond_RV + 0.0  # (1 + t) z_c - t z_u  (+0.0 turns -0.0 into +0.0)
+    z_RV = tl.where(in_V[None, :], z_RV, float("-inf"))  # (rows past R: zeros, never stored)
     if KEEP_GUIDED:
-        tl.store(guided_ptr + row * V + v_V, z_V, mask=in_V)
-    key_V = tl.where(in_V, _sortable_key(z_V), -2147483648)
+        tl.store(guided_ptr + offs_RV, z_RV, mask=in_RV)
 
-    # top-k: the largest key T with #{v : key_v >= T} >= k is the k-th largest logit's key
-    lo = tl.full((), -2147483648, tl.int64)
-    hi = tl.full((), 2147483647, tl.int64)
-    for _ in range(32):
-        mid = (lo + hi + 1) // 2
-        enough = tl.sum(((key_V >= mid) & in_V).to(tl.int32), axis=0) >= top_k
-        lo = tl.where(enough, mid, lo)
-        hi = tl.where(enough, hi, mid - 1)
-    z_V = tl.where(key_V >= lo, z_V, float("-inf"))
+    if TOP_K:  # the largest key T with #{v : key_v >= T} >= k is the k-th largest logit's key
+        key_RV = tl.where(in_V[None, :], _sortable_key(z_RV), -2147483648)
+        lo_R = tl.full((BLOCK_R,), -2147483648, tl.int64)
+        hi_R = tl.full((BLOCK_R,), 2147483647, tl.int64)
+        for _ in range(32):
+            mid_R = (lo_R + hi_R + 1) // 2
+            enough_R = tl.sum(((key_RV >= mid_R[:, None]) & in_V[None, :]).to(tl.int32), axis=1) >= top_k
+            lo_R = tl.where(enough_R, mid_R, lo_R)
+            hi_R = tl.where(enough_R, hi_R, mid_R - 1)
+        z_RV = tl.where(key_RV >= lo_R[:, None], z_RV, float("-inf"))
 
-    # top-p: the largest key T whose probability at or below it is <= 1 - p; drop keys <= T
-    p_V = tl.exp(z_V - tl.max(z_V, axis=0))
-    p_V = p_V / tl.sum(p_V, axis=0)
-    key_V = tl.where(in_V, _sortable_key(z_V), -2147483648)
-    lo = tl.full((), -2147483649, tl.int64)  # below every key: drop nothing
-    hi = tl.full((), 2147483647, tl.int64)
-    for _ in range(33):
-        mid = (lo + hi + 1) // 2
-        small = tl.sum(tl.where(key_V <= mid, p_V, 0.0), axis=0) <= drop_mass
-        lo = tl.where(small, mid, lo)
-        hi = tl.where(small, hi, mid - 1)
-    drop_V = (key_V <= lo) & (key_V < tl.max(key_V, axis=0))  # the most likely code always stays
-    z_V = tl.where(drop_V | ~in_V, float("-inf"), z_V)
+    if TOP_P:  # the largest key T whose probability at or below it is <= 1 - p; drop keys <= T
+        p_RV = tl.exp(z_RV - tl.max(z_RV, axis=1)[:, None])
+        p_RV = p_RV / tl.sum(p_RV, axis=1)[:, None]
+        key_RV = tl.where(in_V[None, :], _sortable_key(z_RV), -2147483648)
+        lo_R = tl.full((BLOCK_R,), -2147483649, tl.int64)  # below every key: drop nothing
+        hi_R = tl.full((BLOCK_R,), 2147483647, tl.int64)
+        for _ in range(33):
+            mid_R = (lo_R + hi_R + 1) // 2
+            small_R = tl.sum(tl.where(key_RV <= mid_R[:, None], p_RV, 0.0), axis=1) <= drop_mass
+            lo_R = tl.where(small_R, mid_R, lo_R)
+            hi_R = tl.where(small_R, hi_R, mid_R - 1)
+        top_R = tl.max(key_RV, axis=1)  # the most likely code always stays
+        drop_RV = (key_RV <= lo_R[:, None]) & (key_RV < top_R[:, None])
+        z_RV = tl.where(drop_RV | ~in_V[None, :], float("-inf"), z_RV)
     if KEEP_FILTERED:
-        tl.store(filtered_ptr + row * V + v_V, z_V, mask=in_V)
+        tl.store(filtered_ptr + offs_RV, z_RV, mask=in_RV)
 
     if DRAW == 0:  # greedy: the most likely code
-        score_V = z_V
-    elif DRAW == 1:  # Gumbel-max with Philox uniforms at counter row * V + v
-        u_V = tl.rand(seed, row * V + v_V)
-        score_V = z_V - tl.log(-tl.log(u_V))
+        score_RV = z_RV
+    elif DRAW == 1:  # Gumbel-max with Philox uniforms at counter r * V + v
+        u_RV = tl.rand(seed, offs_RV)
+        score_RV = z_RV - tl.log(-tl.log(u_RV))
     else:  # torch.multinomial's exponential race: softmax(z) / q, q ~ Exp(1) given
-        p_V = tl.exp(z_V - tl.max(z_V, axis=0))
-        p_V = p_V * (1.0 / tl.sum(p_V, axis=0))  # as PyTorch's softmax: times the reciprocal sum
-        q_V = tl.load(noise_ptr + row * V + v_V, mask=in_V, other=1.0).to(tl.float32)
-        score_V = tl.where(in_V, p_V / q_V, -1.0)
-    tl.store(idx_ptr + row, tl.argmax(score_V, axis=0, tie_break_left=True).to(tl.int64))
+        p_RV = tl.exp(z_RV - tl.max(z_RV, axis=1)[:, None])
+        p_RV = p_RV * (1.0 / tl.sum(p_RV, axis=1))[:, None]  # as PyTorch's softmax: times the reciprocal sum
+        q_RV = tl.load(noise_ptr + offs_RV, mask=in_RV, other=1.0).to(tl.float32)
+        score_RV = tl.where(in_V[None, :], p_RV / q_RV, -1.0)
+    tl.store(idx_ptr + r_R, tl.argmax(score_RV, axis=1, tie_break_left=True).to(tl.int64), mask=in_R)
 
 
 def _launch(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float, seed: int, draw: int,
             noise_BlV: torch.Tensor | None, keep_guided: bool, keep_filtered: bool) -> CFGSample:
-    """One program per token, the whole vocabulary in registers."""
+    """Each program takes BLOCK_R tokens with their whole vocabulary (about 4096 logits per
+    tile: one token per program for HART's V = 4096); the filters that are off are compiled out."""
     N, l, V = logits_NlV.shape
     B = N // 2
     logits_NlV = logits_NlV.contiguous()
     idx_Bl = torch.empty((B, l), dtype=torch.int64, device=logits_NlV.device)
     keep = lambda on: torch.empty((B, l, V), dtype=torch.float32, device=logits_NlV.device) if on else None  # noqa: E731
     guided_BlV, filtered_BlV = keep(keep_guided), keep(keep_filtered)
-    k = top_k if 0 < top_k < V else V  # k = V keeps every logit
-    drop_mass = 1.0 - top_p if top_p > 0 else -1.0  # -1: no probability mass is small enough, keep all
     unused = idx_Bl  # any pointer will do where an output or the noise is off: the kernel never touches it
     pointer = lambda t: unused if t is None else t  # noqa: E731
-    _cfg_sample_kernel[(B * l,)](logits_NlV, pointer(noise_BlV), idx_Bl, pointer(guided_BlV), pointer(filtered_BlV),
-                                 B, l, V, 1.0 + guidance, guidance, k, drop_mass, seed,
-                                 DRAW=draw, KEEP_GUIDED=keep_guided, KEEP_FILTERED=keep_filtered,
-                                 BLOCK_V=next_power_of_2(V))
+    BLOCK_V = next_power_of_2(V)
+    BLOCK_R = max(1, min(next_power_of_2(B * l), 4096 // BLOCK_V))
+    _cfg_sample_kernel[(cdiv(B * l, BLOCK_R),)](
+        logits_NlV, pointer(noise_BlV), idx_Bl, pointer(guided_BlV), pointer(filtered_BlV), B * l, V,
+        1.0 + guidance, guidance, top_k, 1.0 - top_p, seed,
+        DRAW=draw, TOP_K=0 < top_k < V, TOP_P=top_p > 0, KEEP_GUIDED=keep_guided, KEEP_FILTERED=keep_filtered,
+        BLOCK_R=BLOCK_R, BLOCK_V=BLOCK_V)
     return CFGSample(idx_Bl, filtered_BlV, guided_BlV)
 
 

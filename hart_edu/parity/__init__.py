@@ -14,7 +14,10 @@ Bookkeeping, per golden tensor:
 
 Run ``python -m hart_edu.parity DIR``; the last line is always
 ``parity: M/N match, U not covered`` and the exit code is 0 only when every covered
-tensor matches.
+tensor matches. ``--backend triton`` runs every producer inside
+``hart_edu.kernels.backend.use_backend("triton")`` (same tolerances); where Triton cannot run
+it stops with the reason instead of using the reference. On a CPU set ``TRITON_INTERPRET=1``
+in the environment to run the kernels in Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from hart_edu.kernels.backend import use_backend
 
 __all__ = ["Golden", "Check", "PRODUCERS", "tolerance_for", "compare", "run_parity"]
 
@@ -127,26 +132,19 @@ def _load_producer(spec: str) -> Callable[[Golden], dict[str, torch.Tensor]]:
 
 
 def run_parity(
-    root: str | Path, producers: Iterable[tuple[str, str]] | None = None
+    root: str | Path, producers: Iterable[tuple[str, str]] | None = None, backend: str = "reference"
 ) -> tuple[list[Check], list[str]]:
-    """Run every producer on the fixture at ``root``.
+    """Run every producer on the fixture at ``root`` with kernel backend ``backend``.
 
     Returns one :class:`Check` per golden tensor (fixture order) and a list of producer
     errors (a producer that raised leaves its tensors "not covered" and is reported).
+    Raises ``RuntimeError`` (with the reason) when ``backend="triton"`` cannot run here.
     """
     golden = Golden.load(root)
     computed: dict[str, torch.Tensor] = {}
     errors: list[str] = []
-    for label, spec in PRODUCERS if producers is None else producers:
-        try:
-            out = _load_producer(spec)(golden)
-        except Exception as err:  # report and go on: the other parts still get checked
-            errors.append(f"{label}: {type(err).__name__}: {err}")
-            continue
-        unknown = sorted(set(out) - set(golden.specs))
-        if unknown:
-            errors.append(f"{label}: produced names the fixture does not have: {unknown}")
-        computed.update({k: v for k, v in out.items() if k in golden.specs})
+    with use_backend(backend):
+        _run_producers(golden, PRODUCERS if producers is None else producers, computed, errors)
 
     checks = []
     for name in golden.specs:
@@ -157,6 +155,20 @@ def run_parity(
         else:
             checks.append(Check(name, "not covered"))
     return checks, errors
+
+
+def _run_producers(golden: Golden, producers: Iterable[tuple[str, str]], computed: dict[str, torch.Tensor],
+                   errors: list[str]) -> None:
+    for label, spec in producers:
+        try:
+            out = _load_producer(spec)(golden)
+        except Exception as err:  # report and go on: the other parts still get checked
+            errors.append(f"{label}: {type(err).__name__}: {err}")
+            continue
+        unknown = sorted(set(out) - set(golden.specs))
+        if unknown:
+            errors.append(f"{label}: produced names the fixture does not have: {unknown}")
+        computed.update({k: v for k, v in out.items() if k in golden.specs})
 
 
 def summary_line(checks: list[Check]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hart_edu.kernels.backend import BACKENDS
 from hart_edu.parity import format_table, run_parity, summary_line
 
 
@@ -18,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", metavar="FILE",
                         help="instead: compare the released architecture, built on the meta "
                              "device, with manifest-hart-0.7b-1024px.json")
+    parser.add_argument("--backend", choices=BACKENDS, default="reference",
+                        help="kernel backend the producers run with (default: reference); 'triton' "
+                             "needs a CUDA device or TRITON_INTERPRET=1 in the environment")
     args = parser.parse_args(argv)
     if (args.golden_dir is None) == (args.manifest is None):
         parser.error("give either a golden folder or --manifest FILE")
@@ -34,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(r.ok for r in results) else 1
 
     try:
-        checks, errors = run_parity(args.golden_dir)
-    except FileNotFoundError as err:
+        checks, errors = run_parity(args.golden_dir, backend=args.backend)
+    except (FileNotFoundError, RuntimeError) as err:  # RuntimeError: the Triton backend cannot run here
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(checks))
