@@ -38,6 +38,8 @@ Differences from sample.py, on purpose:
 * Precision: float32 by default (sample.py runs under float16 autocast on CUDA), so images
   are close to, not bit-equal with, a GPU run of sample.py; ``dtype=torch.bfloat16`` stores
   the weights in bf16 and runs under bf16 autocast (the released model on a CPU).
+* Kernels: ``backend="triton"`` runs the fused kernels of :mod:`hart_edu.kernels` (same
+  numbers within float32 rounding; the sampling step consumes the same generator draws).
 * No ShieldGemma safety check and no random default prompts: prompts are used as given.
 """
 
@@ -61,6 +63,7 @@ from hart_edu.ar_transformer import (
     SamplingSettings,
 )
 from hart_edu.hybrid_tokenizer import HybridTokenizer
+from hart_edu.kernels import backend as kernel_backend
 from hart_edu.text_encoder import (
     HART_SYSTEM_PROMPT,
     TEXT_ENCODER_POINTER,
@@ -282,7 +285,9 @@ class HARTPipeline:
     >>> out.images[0].save("cat.png")                                         # doctest: +SKIP
     """
 
-    def __init__(self, text_encoder: TextEncoder, transformer: HARTTransformer, tokenizer: HybridTokenizer):
+    def __init__(self, text_encoder: TextEncoder, transformer: HARTTransformer, tokenizer: HybridTokenizer,
+                 *, backend: str = "reference"):
+        """``backend``: the kernel backend every call runs with (see :attr:`backend`)."""
         T, D = transformer.config.context_token, transformer.config.context_dim
         if text_encoder.max_length != T:
             raise ValueError(
@@ -296,6 +301,22 @@ class HARTPipeline:
                 f"this text encoder does not belong to this HART model"
             )
         self.text_encoder, self.transformer, self.tokenizer = text_encoder, transformer, tokenizer
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        """The kernel backend calls run with: "reference" (PyTorch) or "triton" (the fused kernels
+        of :mod:`hart_edu.kernels`, entered with ``use_backend`` around each call). Choosing
+        "triton" where it cannot run raises at once, with the reason; nothing falls back."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        if name not in kernel_backend.BACKENDS:
+            raise ValueError(f"backend={name!r}: choose one of {kernel_backend.BACKENDS}")
+        if name == "triton":
+            kernel_backend.require_triton()
+        self._backend = name
 
     @classmethod
     def from_pretrained(
@@ -307,6 +328,7 @@ class HARTPipeline:
         text_tokenizer: str | Path | None = None,
         system_prompt: str | None | _TreeDefault = TREE_DEFAULT,
         dtype: torch.dtype = torch.float32,
+        backend: str = "reference",
     ) -> "HARTPipeline":
         """Load a HART tree: ``root/tokenizer``, ``root/llm`` (``ema_model.bin`` with ``ema``)
         and a text encoder (``text_encoder``, default ``root/text_encoder``; the released
@@ -322,6 +344,7 @@ class HARTPipeline:
         Every load is strict.
         ``dtype``: the weights' dtype (see :attr:`dtype`; torch.bfloat16 halves the memory
         and runs on a CPU with AMX several times faster than float32).
+        ``backend``: "reference" or "triton" (see :attr:`backend`).
         """
         check_dtype(dtype)
         root = Path(root)
@@ -359,7 +382,7 @@ class HARTPipeline:
             tokenizer_folder=text_tokenizer,
             dtype=dtype,
         )
-        return cls(encoder, transformer, tokenizer)
+        return cls(encoder, transformer, tokenizer, backend=backend)
 
     @property
     def device(self) -> torch.device:
@@ -440,7 +463,7 @@ class HARTPipeline:
             t.repeat_interleave(n, dim=0) for t in (text.context_BTD, text.mask_BT, text.position_ids_BT)
         )
 
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.autocast(), kernel_backend.use_backend(self.backend):
             result = self._generate(context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress)
 
         B, p = context_BTD.shape[0], self.transformer.config.patch_nums[-1]
@@ -488,5 +511,5 @@ class HARTPipeline:
     @torch.no_grad()
     def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         """Any latent (e.g. an output's ``f_discrete_BChw``) -> images in [0, 1], as generate does."""
-        with self.autocast():
+        with self.autocast(), kernel_backend.use_backend(self.backend):
             return (self.tokenizer.decode(f_hat_BChw) + 1) * 0.5
