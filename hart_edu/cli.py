@@ -67,6 +67,9 @@ def add_generate_parser(sub) -> None:
                      help="one sample_images.png grid instead of one PNG per image (default: off)")
     gen.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                      help="show a progress bar over the scales (default: on)")
+    gen.add_argument("--backend", choices=("reference", "triton"), default="reference",
+                     help="kernel backend: PyTorch reference or the fused Triton kernels (a CUDA device, or "
+                          "TRITON_INTERPRET=1 to run them slowly on the CPU; default: reference)")
     add_safety_arguments(gen)
 
 
@@ -192,12 +195,16 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks) -
     """Run the pipeline; return the PNG files' bytes by file name (sample.py's names)."""
     import io
 
+    from hart_edu.kernels.backend import triton_status
     from hart_edu.sampler import TREE_DEFAULT, HARTPipeline, grid_to_uint8, image_grid, uint8_to_pil
     from hart_edu.text_encoder import HART_SYSTEM_PROMPT
 
+    if args.backend == "triton" and not triton_status().available:  # before the models load
+        raise ValueError(f"--backend triton cannot run here: {triton_status().reason}")
     pipe = HARTPipeline.from_pretrained(
         weights, text_encoder=args.text_encoder, ema=args.ema, text_tokenizer=args.text_tokenizer,
         system_prompt={None: TREE_DEFAULT, True: HART_SYSTEM_PROMPT, False: None}[args.system_prompt],
+        backend=args.backend,
     )
     out = pipe(
         request.prompts, cfg=request.cfg, top_k=request.top_k or None, top_p=request.top_p or None,
