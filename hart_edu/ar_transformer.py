@@ -1114,7 +1114,9 @@ class _Run:
         It consumes the same draws as the eager path: the Exp(1) numbers that
         ``torch.multinomial`` draws from ``generator`` are drawn here (same shape, dtype and
         device as the eager path's probabilities) and the kernel runs multinomial's exponential
-        race on them (see ``hart_edu.kernels.cfg_sample``); greedy needs no draw.
+        race on them (see ``hart_edu.kernels.cfg_sample``); greedy needs no draw. So the codes
+        are the eager path's for float32 logits (up to float32 near-ties), and the generator
+        ends in the same state for any dtype (the kernel computes in float32, eager bf16 does not).
         """
         from hart_edu.kernels.cfg_sample import cfg_multinomial_triton, multinomial_noise  # imports Triton
 
@@ -1124,7 +1126,8 @@ class _Run:
             if self.generator is None:
                 raise ValueError("sampling needs generator= (a torch.Generator); hart_edu never uses the global RNG")
             B, l, V = logits_NlV.shape[0] // 2, logits_NlV.shape[1], logits_NlV.shape[2]
-            noise_BlV = multinomial_noise((B, l, V), logits_NlV.dtype, logits_NlV.device, self.generator)
+            probs_dtype = logits_NlV[:1, :1, :1].softmax(dim=-1).dtype  # eager's (autocast may promote softmax)
+            noise_BlV = multinomial_noise((B, l, V), probs_dtype, logits_NlV.device, self.generator)
         out = cfg_multinomial_triton(logits_NlV, t, top_k, s.top_p, noise_BlV,
                                      keep_guided=self.capture, keep_filtered=s.more_smooth)
         return out.guided_BlV, out.filtered_BlV, out.idx_Bl
