@@ -92,6 +92,16 @@ documented here:
 * ``attn_bias_for_masking`` (a (1,1,L,L) training mask, 380 MB at 1024px) and
   ``zero_k_bias`` are saved in every checkpoint; we accept them when loading but never
   build the mask.
+
+Kernels
+-------
+
+The code above is the reference. Inside ``hart_edu.kernels.backend.use_backend("triton")``
+the same modules call fused Triton kernels instead (:mod:`hart_edu.kernels`): the adaLN
+``RMSNorm(x) * (1 + s) + b`` (:func:`norm_modulate`), RoPE on q and k
+(:meth:`Rope.apply_qk`), the SwiGLU gate, and the sampling step (guidance, top-k / top-p
+and the draw in one launch, consuming the generator's numbers exactly as
+``torch.multinomial`` does, see :meth:`_Run.fused_pick`).
 """
 
 from __future__ import annotations

@@ -75,6 +75,9 @@ Official behaviour reproduced here (see shared/golden/README.md):
 
 With a ``torch.Generator`` on the CPU seeded like the official global seed, the draws are
 the same numbers the official code draws from the global generator.
+
+Inside ``hart_edu.kernels.backend.use_backend("triton")`` every ``LN(h) * (1 + scale) + shift``
+runs as one fused kernel (``hart_edu.kernels.layernorm_modulate``, forward and backward).
 """
 
 from __future__ import annotations
