@@ -240,10 +240,13 @@ def _launch(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float,
     B = N // 2
     logits_NlV = logits_NlV.contiguous()
     idx_Bl = torch.empty((B, l), dtype=torch.int64, device=logits_NlV.device)
-    keep = lambda on: torch.empty((B, l, V), dtype=torch.float32, device=logits_NlV.device) if on else None  # noqa: E731
-    guided_BlV, filtered_BlV = keep(keep_guided), keep(keep_filtered)
+    guided_BlV, filtered_BlV = (torch.empty((B, l, V), dtype=torch.float32, device=logits_NlV.device) if keep else None
+                                for keep in (keep_guided, keep_filtered))
     unused = idx_Bl  # any pointer will do where an output or the noise is off: the kernel never touches it
-    pointer = lambda t: unused if t is None else t  # noqa: E731
+
+    def pointer(t: torch.Tensor | None) -> torch.Tensor:
+        return unused if t is None else t
+
     BLOCK_V = next_power_of_2(V)
     BLOCK_R = max(1, min(next_power_of_2(B * l), 4096 // BLOCK_V))
     _cfg_sample_kernel[(cdiv(B * l, BLOCK_R),)](

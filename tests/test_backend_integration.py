@@ -131,7 +131,7 @@ def child_modules() -> None:
     cond_NTC, mask_NT = torch.randn(2, 5, 48, generator=g), torch.ones(2, 5, dtype=torch.bool)
     x_NLC = torch.randn(2, 9, 48, generator=g)
     for rope in (rope_2d(torch.rand(2, 9, 2, generator=g) * 8, 16), rope_1d(torch.arange(9).expand(2, 9), 16)):
-        def transformer_step():
+        def transformer_step(rope=rope):
             block.zero_grad()
             out = block(x_NLC, block.modulation(cond_NTC, mask_NT), rope, KVCache(), mask_NT[:, :1].expand(2, 9), False)
             logits_in = head_nm(out, cond_NTC)
@@ -185,7 +185,7 @@ def child_pipeline(golden_dir: str) -> None:
             warnings.simplefilter("ignore")  # the long system prompt is truncated (test_sampler checks it)
             pipes = {name: HARTPipeline.from_pretrained(tree, backend=name) for name in backend.BACKENDS}
         quirks = OfficialQuirks(top_k_override=False)
-        for kwargs in (dict(top_k=20, top_p=0.9, more_smooth=False), dict(more_smooth=True)):
+        for kwargs in ({"top_k": 20, "top_p": 0.9, "more_smooth": False}, {"more_smooth": True}):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 want, got = (pipes[name](["w1 w2 w3", "w9"], seed=5, quirks=quirks, progress=False, **kwargs)
