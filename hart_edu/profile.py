@@ -56,8 +56,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib
-import json
-import os
 import pkgutil
 import platform
 import statistics
@@ -577,19 +575,6 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file beside it, then a rename)."""
-    path = Path(path)
-    if path.parent and not path.parent.is_dir():
-        raise FileNotFoundError(f"--json {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # --------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------
@@ -644,6 +629,8 @@ def run(args) -> int:
     )
     print(format_table(profile))
     if args.json is not None:
+        from hart_edu.kernels.bench import write_json
+
         write_json(args.json, to_json(profile))
         print(f"wrote {args.json}")
     return 0
