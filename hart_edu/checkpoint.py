@@ -29,6 +29,8 @@ __all__ = [
     "CheckpointError",
     "read_config",
     "find_weight_file",
+    "WEIGHT_FILES",
+    "EMA_WEIGHT_FILES",
     "load_weight_file",
     "check_state_dict",
     "config_from_dict",
@@ -36,6 +38,8 @@ __all__ = [
 ]
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# sample.py's EMA weights; ``hart-edu convert`` writes the .safetensors (preferred when present)
+EMA_WEIGHT_FILES = ("ema_model.safetensors", "ema_model.bin")
 
 # Keys that transformers' save_pretrained writes into every config.json; they describe the
 # file, not the model, so every config accepts and ignores them.
@@ -88,7 +92,8 @@ def read_config(folder: str | Path, model_type: str) -> dict[str, Any]:
 
 
 def find_weight_file(folder: str | Path, names: Iterable[str] = WEIGHT_FILES) -> Path:
-    """The first of ``names`` present in ``folder`` (safetensors is preferred)."""
+    """The first of ``names`` present in ``folder``: safetensors before pickles, so a folder
+    converted by ``hart-edu convert`` (in place or not) loads the converted file."""
     folder = Path(folder)
     names = tuple(names)
     for name in names:
