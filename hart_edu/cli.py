@@ -25,7 +25,7 @@ EXIT_BAD_INPUT = 2
 # Further subcommands live in their own modules, each with ``add_parser(sub)`` (registers the
 # subcommand on the argparse sub-parsers) and ``run(args) -> int`` (exit status). Keep their
 # heavy imports inside ``run`` so ``hart-edu --help`` stays fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.app", "hart_edu.profile")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.app", "hart_edu.profile", "hart_edu.download", "hart_edu.convert", "hart_edu.run_real")
 
 
 def add_generate_parser(sub) -> None:

@@ -302,6 +302,14 @@ class HARTPipeline:
             )
         self.text_encoder, self.transformer, self.tokenizer = text_encoder, transformer, tokenizer
         self.backend = backend
+        self._set_conv_layout()
+
+    def _set_conv_layout(self) -> None:
+        """Below float32 the tokenizer's convolutions use the channels_last memory layout: the
+        same computation, but oneDNN's bf16 convolutions run about 2x faster in it (measured:
+        the 1024px VAE decode on a CPU). The float32 path keeps the default layout."""
+        if self.dtype != torch.float32:
+            self.tokenizer.to(memory_format=torch.channels_last)
 
     @property
     def backend(self) -> str:
@@ -399,11 +407,13 @@ class HARTPipeline:
         """The autocast context of :attr:`dtype` on the pipeline's device (off for float32)."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
-    def to(self, device: torch.device | str) -> "HARTPipeline":
-        """Move all three models (explicitly; nothing moves by itself)."""
+    def to(self, device: torch.device | str | torch.dtype) -> "HARTPipeline":
+        """Move all three models to a device, or cast them to a dtype (explicitly; nothing
+        moves by itself)."""
         self.text_encoder.to(device)
         self.transformer.to(device)
         self.tokenizer.to(device)
+        self._set_conv_layout()
         return self
 
     def __call__(

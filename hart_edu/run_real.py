@@ -1,0 +1,280 @@
+"""The released HART model on *this* CPU: one 1024px image through :class:`HARTPipeline`.
+
+``hart-edu run-real --random-weights`` builds the three models of mit-han-lab/hart-0.7b-1024px
+at their released sizes with seeded random weights (``hart_edu.profile``'s architectures and
+builder: parameters made on the meta device, then drawn once in the run's dtype), wraps them
+in a :class:`~hart_edu.sampler.HARTPipeline` of that dtype and makes one image the way a
+user does (``pipe([prompt])``, with its progress bar over the scales). It reports the wall
+time of every phase and the **peak resident memory** (RSS) of each phase and of the whole
+call, weights included: what decides whether the model fits a laptop. (``hart-edu profile``
+times the same work, without the pipeline, for many runs and kernel backends; on CUDA it
+reports the allocator's peak, not the process's RSS.)
+
+Random weights give the real cost: every matrix product, convolution and attention of a
+real run has the same shape; only the sampled codes differ.
+
+On a machine shared with other jobs, run it with ``OMP_WAIT_POLICY=PASSIVE`` (set before
+Python starts): by default OpenMP's worker threads spin while they wait, and when the OS has
+descheduled one of them every small operator waits for it; measured here with two threads
+beside a training job, the small scales took 20-30x longer (5x5: 5.3 s of CPU instead of 0.26).
+The report gives the CPU time of each phase beside its wall time: on a loaded machine CPU time
+divided by the thread count is the better estimate of the time on an idle one.
+
+The text encoder's tokenizer is a stand-in (one id per whitespace-separated word: the real
+Qwen2 tokenizer comes with the download); the prompt is padded to 300 tokens either way, so
+only the system prompt's length (in words here, in BPE pieces there) differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "random_release_pipeline",
+    "measure_one_image",
+    "PhaseReport",
+    "add_parser",
+    "run",
+]
+
+
+def _word_tokenizer(texts: list[str], vocab_size: int):
+    """A whitespace word-level tokenizer standing in for Qwen2's BPE tokenizer: every word
+    of ``texts`` gets its own id below ``vocab_size``; the last id is the pad."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for text in texts for w in text.split()})[: vocab_size - 2]
+    vocab = {"<unk>": 0, "<pad>": vocab_size - 1} | {w: 1 + i for i, w in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
+
+
+def random_release_pipeline(size: str = "1024px", *, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                            prompts: tuple[str, ...] = ()):
+    """A CPU :class:`~hart_edu.sampler.HARTPipeline` of ``hart_edu.profile.ARCHITECTURES[size]``
+    ("1024px": the released model, "1024px-depth24": the manifest's other hypothesis, "tiny")
+    with seeded random weights in ``dtype``. ``prompts``: words the stand-in tokenizer knows."""
+    from hart_edu.profile import ARCHITECTURES, build_models
+    from hart_edu.sampler import HARTPipeline, check_dtype
+    from hart_edu.text_encoder import HART_SYSTEM_PROMPT, TextEncoder
+
+    check_dtype(dtype)
+    if size not in ARCHITECTURES:
+        raise ValueError(f"unknown size {size!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
+    models = build_models(ARCHITECTURES[size], torch.device("cpu"), dtype, seed)
+    vocab = models.text_model.config.vocab_size
+    words = _word_tokenizer([HART_SYSTEM_PROMPT, *prompts], vocab)
+    T = models.transformer.config.context_token
+    system_prompt = HART_SYSTEM_PROMPT if len(HART_SYSTEM_PROMPT.split()) <= T else None
+    encoder = TextEncoder(models.text_model, words, max_length=T, system_prompt=system_prompt)
+    return HARTPipeline(encoder, models.transformer, models.tokenizer)
+
+
+# --------------------------------------------------------------------------------------
+# Measuring one image
+# --------------------------------------------------------------------------------------
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process since the last reset (VmHWM), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Start a new peak (Linux: writing 5 to /proc/self/clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PhaseReport:
+    """Wall time and peak resident memory of each phase of one pipeline call."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process, all threads
+    peak_bytes: dict[str, int] = field(default_factory=dict)
+    stage_seconds: list[float] = field(default_factory=list)
+    total_seconds: float = 0.0
+    peak_total_bytes: int = 0
+    per_phase_peaks: bool = True  # False where the peak could not be reset between phases
+    image_shape: tuple[int, ...] = ()
+    threads: int = 0
+    dtype: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def format(self) -> str:
+        gib = 1024**3
+        cpu = sum(self.cpu_seconds.values())
+        lines = [f"one {self.image_shape[-1]}px image, {self.dtype}, {self.threads} thread(s): "
+                 f"{self.total_seconds:.1f} s wall ({cpu:.1f} s CPU), peak RSS {self.peak_total_bytes / gib:.2f} GiB"]
+        for name, sec in self.seconds.items():
+            peak = f"{self.peak_bytes[name] / gib:6.2f} GiB" if self.per_phase_peaks else ""
+            lines.append(f"  {name:<14} {sec:7.2f} s wall {self.cpu_seconds[name]:7.2f} s CPU  {peak}")
+        lines.append("  scales (s): " + " ".join(f"{s:.2f}" for s in self.stage_seconds))
+        for key, value in self.extra.items():
+            lines.append(f"  {key}: {value}")
+        return "\n".join(lines)
+
+
+def measure_one_image(pipe, prompt: str, *, seed: int = 1, progress: bool = True, log=None,
+                      **call_kwargs) -> PhaseReport:
+    """Run ``pipe([prompt])`` once and time its phases with forward hooks (no change to the
+    code being measured): text encoder, each transformer scale (boundaries = the calls of
+    the logits head), the residual diffusion (its denoiser's calls), the VAE decoder.
+    Peak RSS is reset at every boundary, so each phase gets its own peak; "total" is the
+    peak of the whole call, weights included. ``log(line)``, when given, gets every boundary
+    as it is reached (so a run cut short still leaves its numbers)."""
+    report = PhaseReport(threads=torch.get_num_threads(), dtype=str(pipe.dtype).replace("torch.", ""))
+    marks: list[tuple[str, float, int, float]] = []  # (boundary, time, peak since the previous one, CPU time)
+    peak_overall = [0]
+
+    def mark(name: str) -> None:
+        peak = _peak_rss_bytes()
+        peak_overall[0] = max(peak_overall[0], peak)
+        marks.append((name, time.perf_counter(), peak, time.process_time()))
+        if log is not None:
+            log(f"{name}: wall {marks[-1][1] - start:.2f} s, CPU {marks[-1][3] - start_cpu:.2f} s, "
+                f"peak RSS since the last mark {peak / 1024**3:.2f} GiB")
+        report.per_phase_peaks &= _reset_peak_rss()
+
+    net = pipe.transformer.diffloss.net.input_proj  # forward_with_cfg calls net.forward, not net(): hook a layer
+    calls = [0, 0]  # diffusion denoiser calls started, finished
+
+    def net_pre(*_):
+        calls[0] += 1
+        if calls[0] == 1:
+            mark("diffusion start")
+
+    def net_post(*_):
+        calls[1] += 1
+
+    hooks = [
+        pipe.text_encoder.model.register_forward_pre_hook(lambda *_: mark("text start")),
+        pipe.text_encoder.model.register_forward_hook(lambda *_: mark("text end")),
+        pipe.transformer.head.register_forward_hook(lambda *_: mark("scale end")),
+        net.register_forward_pre_hook(net_pre),
+        net.register_forward_hook(net_post),
+        pipe.tokenizer.decoder.register_forward_pre_hook(lambda *_: mark("decode start")),
+        pipe.tokenizer.decoder.register_forward_hook(lambda *_: mark("decode end")),
+    ]
+    _reset_peak_rss()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    try:
+        out = pipe([prompt], seed=seed, progress=progress, **call_kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    mark("end")
+    report.total_seconds = time.perf_counter() - start
+    report.peak_total_bytes = peak_overall[0]
+    report.image_shape = tuple(out.image_B3HW.shape)
+
+    # Phases between consecutive marks; the peak of a phase is read at its closing mark.
+    names = [m[0] for m in marks]
+    scale_ends = [i for i, n in enumerate(names) if n == "scale end"]
+
+    def span(label: str, i0: int, i1: int) -> None:
+        report.seconds[label] = marks[i1][1] - marks[i0][1]
+        report.cpu_seconds[label] = marks[i1][3] - marks[i0][3]
+        report.peak_bytes[label] = max(m[2] for m in marks[i0 + 1 : i1 + 1])
+
+    report.seconds["before text"] = marks[0][1] - start
+    report.cpu_seconds["before text"] = marks[0][3] - start_cpu
+    report.peak_bytes["before text"] = marks[0][2]
+    i_text_end = names.index("text end")
+    span("text encoder", 0, i_text_end)
+    i_decode = names.index("decode start")
+    i_diff = names.index("diffusion start") if "diffusion start" in names else i_decode
+    span("transformer", i_text_end, i_diff)  # every scale, up to the last scale's sampling
+    report.stage_seconds = [marks[b][1] - marks[a][1] for a, b in zip([i_text_end] + scale_ends, scale_ends)]
+    if i_diff != i_decode:
+        span("diffusion", i_diff, i_decode)  # the denoiser's steps, then f_hat's last update
+        report.extra["diffusion denoiser calls"] = calls[1]
+    span("VAE decoder", i_decode, names.index("decode end"))
+    span("after decode", names.index("decode end"), len(names) - 1)
+    report.extra["image finite"] = bool(torch.isfinite(out.image_B3HW).all())
+    return report
+
+
+# --------------------------------------------------------------------------------------
+# hart-edu run-real
+# --------------------------------------------------------------------------------------
+
+DEFAULT_PROMPT = "An astronaut riding a horse on the moon, oil painting by Van Gogh."
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run-real",
+        help="time one image of the released HART architecture (random weights) on this machine",
+        description="Build the released HART architecture (hart-0.7b-1024px + the Qwen2-VL-1.5B text "
+                    "encoder) with seeded random weights and time one 1024px image, phase by phase, "
+                    "with peak memory.",
+    )
+    p.add_argument("--random-weights", action="store_true", required=True,
+                   help="required: says that the weights are random (only the cost is real)")
+    p.add_argument("--size", default="1024px", choices=["1024px", "1024px-depth24", "tiny"],
+                   help="1024px: the released model (manifest hypothesis depth 16 + adaLN; default); "
+                        "1024px-depth24: the other hypothesis; tiny: a test-sized model")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="weights dtype (default: bfloat16)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--profile", action="store_true", help="also print the 20 most expensive torch ops")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    pipe = random_release_pipeline(args.size, dtype=dtype, seed=args.seed, prompts=(args.prompt,))
+    build_s = time.perf_counter() - t0
+    n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in
+                (("text encoder", pipe.text_encoder.model), ("transformer", pipe.transformer),
+                 ("tokenizer", pipe.tokenizer))}
+    print(f"built with random weights in {build_s:.1f} s: "
+          + ", ".join(f"{k} {v / 1e6:.0f}M" for k, v in n_params.items()) + f" parameters, {args.dtype}",
+          file=sys.stderr)
+    profiler = contextlib.nullcontext()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        profiler = profile(activities=[ProfilerActivity.CPU])
+    with profiler as prof:
+        report = measure_one_image(pipe, args.prompt, seed=args.seed,
+                                   log=lambda line: print(line, file=sys.stderr, flush=True))
+    report.extra["build seconds"] = round(build_s, 2)
+    report.extra["parameters"] = n_params
+    print(report.format())
+    if args.profile:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.__dict__, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
