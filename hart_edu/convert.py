@@ -36,8 +36,10 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ConvertedFile", "training_only", "convert_folder", "convert_tree", "add_parser", "run"]
 

@@ -35,9 +35,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "random_release_pipeline",
@@ -61,16 +62,19 @@ def _word_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
 
 
-def random_release_pipeline(size: str = "1024px", *, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+def random_release_pipeline(size: str = "1024px", *, dtype: torch.dtype | None = None, seed: int = 0,
                             prompts: tuple[str, ...] = ()):
     """A CPU :class:`~hart_edu.sampler.HARTPipeline` of ``hart_edu.profile.ARCHITECTURES[size]``
     ("1024px": the released model, "1024px-depth24": the manifest's other hypothesis, "tiny")
-    with seeded random weights in ``dtype``. ``prompts``: words the stand-in tokenizer knows."""
+    with seeded random weights in ``dtype`` (default bfloat16). ``prompts``: words the stand-in
+    tokenizer knows."""
+    import torch
+
     from hart_edu.profile import ARCHITECTURES, build_models
     from hart_edu.sampler import HARTPipeline, check_dtype
     from hart_edu.text_encoder import HART_SYSTEM_PROMPT, TextEncoder
 
-    check_dtype(dtype)
+    dtype = check_dtype(torch.bfloat16 if dtype is None else dtype)
     if size not in ARCHITECTURES:
         raise ValueError(f"unknown size {size!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
     models = build_models(ARCHITECTURES[size], torch.device("cpu"), dtype, seed)
@@ -145,6 +149,8 @@ def measure_one_image(pipe, prompt: str, *, seed: int = 1, progress: bool = True
     Peak RSS is reset at every boundary, so each phase gets its own peak; "total" is the
     peak of the whole call, weights included. ``log(line)``, when given, gets every boundary
     as it is reached (so a run cut short still leaves its numbers)."""
+    import torch
+
     report = PhaseReport(threads=torch.get_num_threads(), dtype=str(pipe.dtype).replace("torch.", ""))
     marks: list[tuple[str, float, int, float]] = []  # (boundary, time, peak since the previous one, CPU time)
     peak_overall = [0]
@@ -248,6 +254,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} must be >= 1")
