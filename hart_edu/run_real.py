@@ -20,6 +20,14 @@ beside a training job, the small scales took 20-30x longer (5x5: 5.3 s of CPU in
 The report gives the CPU time of each phase beside its wall time: on a loaded machine CPU time
 divided by the thread count is the better estimate of the time on an idle one.
 
+Low memory (on by default, ``--no-low-memory`` to switch it off): the pipeline is built with
+``release_text_encoder=True``, so the text encoder's weights (2.9 GiB of the 4.4 GiB in bf16)
+are freed once the prompt is encoded; the scales, the diffusion head and the VAE decoder run
+without them. For the memory to go back to the OS at once, start Python with
+``MALLOC_MMAP_THRESHOLD_=1048576`` (glibc then maps every block above 1 MiB on its own and
+unmaps it when freed). The report also gives the peak while building the models (before the
+per-call peaks are reset): the peak of the whole process is the larger of the two.
+
 The text encoder's tokenizer is a stand-in (one id per whitespace-separated word: the real
 Qwen2 tokenizer comes with the download); the prompt is padded to 300 tokens either way, so
 only the system prompt's length (in words here, in BPE pieces there) differs.
@@ -29,7 +37,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
+import os
+import platform
 import resource
 import sys
 import time
@@ -63,11 +74,12 @@ def _word_tokenizer(texts: list[str], vocab_size: int):
 
 
 def random_release_pipeline(size: str = "1024px", *, dtype: torch.dtype | None = None, seed: int = 0,
-                            prompts: tuple[str, ...] = ()):
+                            prompts: tuple[str, ...] = (), release_text_encoder: bool = False):
     """A CPU :class:`~hart_edu.sampler.HARTPipeline` of ``hart_edu.profile.ARCHITECTURES[size]``
     ("1024px": the released model, "1024px-depth24": the manifest's other hypothesis, "tiny")
     with seeded random weights in ``dtype`` (default bfloat16). ``prompts``: words the stand-in
-    tokenizer knows."""
+    tokenizer knows. ``release_text_encoder``: the pipeline's option (free the text encoder
+    after the first call has encoded its prompts)."""
     import torch
 
     from hart_edu.profile import ARCHITECTURES, build_models
@@ -83,7 +95,7 @@ def random_release_pipeline(size: str = "1024px", *, dtype: torch.dtype | None =
     T = models.transformer.config.context_token
     system_prompt = HART_SYSTEM_PROMPT if len(HART_SYSTEM_PROMPT.split()) <= T else None
     encoder = TextEncoder(models.text_model, words, max_length=T, system_prompt=system_prompt)
-    return HARTPipeline(encoder, models.transformer, models.tokenizer)
+    return HARTPipeline(encoder, models.transformer, models.tokenizer, release_text_encoder=release_text_encoder)
 
 
 # --------------------------------------------------------------------------------------
@@ -223,6 +235,31 @@ def measure_one_image(pipe, prompt: str, *, seed: int = 1, progress: bool = True
     return report
 
 
+def machine_info() -> dict[str, Any]:
+    """Where a measurement was taken: date (UTC), CPU model, cores, torch version and threads,
+    the environment variables that change the result, and the load average at that moment."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpu cores (os.cpu_count)": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch threads": torch.get_num_threads(),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_",
+                                           "MKL_NUM_THREADS") if k in os.environ},
+        "load average (1, 5, 15 min)": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
 # --------------------------------------------------------------------------------------
 # hart-edu run-real
 # --------------------------------------------------------------------------------------
@@ -248,6 +285,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="free the text encoder's weights once the prompt is encoded (default: on; "
+                        "the pipeline's release_text_encoder=True)")
     p.add_argument("--profile", action="store_true", help="also print the 20 most expensive torch ops")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(run=run)
@@ -261,9 +301,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    if args.low_memory and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        print("note: MALLOC_MMAP_THRESHOLD_ is not set: glibc may keep part of the released text "
+              "encoder's memory (start Python with MALLOC_MMAP_THRESHOLD_=1048576)", file=sys.stderr)
     t0 = time.perf_counter()
-    pipe = random_release_pipeline(args.size, dtype=dtype, seed=args.seed, prompts=(args.prompt,))
+    pipe = random_release_pipeline(args.size, dtype=dtype, seed=args.seed, prompts=(args.prompt,),
+                                   release_text_encoder=args.low_memory)
     build_s = time.perf_counter() - t0
+    build_peak = _peak_rss_bytes()  # measure_one_image resets the peak: read the build's first
     n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in
                 (("text encoder", pipe.text_encoder.model), ("transformer", pipe.transformer),
                  ("tokenizer", pipe.tokenizer))}
@@ -279,7 +324,11 @@ def run(args: argparse.Namespace) -> int:
         report = measure_one_image(pipe, args.prompt, seed=args.seed,
                                    log=lambda line: print(line, file=sys.stderr, flush=True))
     report.extra["build seconds"] = round(build_s, 2)
+    report.extra["peak RSS while building (GiB)"] = round(build_peak / 1024**3, 3)
+    report.extra["low memory (text encoder released after encoding)"] = args.low_memory
+    report.extra["text encoder released"] = pipe.text_encoder_released
     report.extra["parameters"] = n_params
+    report.extra["machine"] = machine_info()
     print(report.format())
     if args.profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))

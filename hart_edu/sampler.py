@@ -41,6 +41,17 @@ Differences from sample.py, on purpose:
 * Kernels: ``backend="triton"`` runs the fused kernels of :mod:`hart_edu.kernels` (same
   numbers within float32 rounding; the sampling step consumes the same generator draws).
 * No ShieldGemma safety check and no random default prompts: prompts are used as given.
+
+Low memory: the text encoder (Qwen2-VL-1.5B, 2.9 GiB in bf16: two thirds of the released
+model's weights) is only needed to encode the prompts, not during the scales or the decoder.
+``HARTPipeline(..., release_text_encoder=True)`` (also a ``from_pretrained`` argument) frees its
+weights as soon as the first call has encoded its prompts, which lowers the peak memory of
+that call by their size. The pipeline then serves that one call: any later call raises a
+``RuntimeError`` saying the text encoder was released (nothing is reloaded behind your back;
+build a new pipeline for more prompts, or pass all prompts in one call). The memory returns
+to the operating system when the allocator gives it back: glibc does for blocks it mapped on
+their own, which ``MALLOC_MMAP_THRESHOLD_=1048576`` (set before Python starts) guarantees for
+every tensor above 1 MiB.
 """
 
 from __future__ import annotations
@@ -286,8 +297,10 @@ class HARTPipeline:
     """
 
     def __init__(self, text_encoder: TextEncoder, transformer: HARTTransformer, tokenizer: HybridTokenizer,
-                 *, backend: str = "reference"):
-        """``backend``: the kernel backend every call runs with (see :attr:`backend`)."""
+                 *, backend: str = "reference", release_text_encoder: bool = False):
+        """``backend``: the kernel backend every call runs with (see :attr:`backend`).
+        ``release_text_encoder``: free the text encoder's weights once the first call has
+        encoded its prompts (see the module's "Low memory"; later calls raise)."""
         T, D = transformer.config.context_token, transformer.config.context_dim
         if text_encoder.max_length != T:
             raise ValueError(
@@ -300,8 +313,12 @@ class HARTPipeline:
                 f"the text encoder's hidden size is {hidden}, but the transformer's context_dim is {D}: "
                 f"this text encoder does not belong to this HART model"
             )
+        if not isinstance(release_text_encoder, bool):
+            raise ValueError(f"release_text_encoder={release_text_encoder!r} must be True or False")
         self.text_encoder, self.transformer, self.tokenizer = text_encoder, transformer, tokenizer
         self.backend = backend
+        self.release_text_encoder = release_text_encoder
+        self.text_encoder_released = False  # True once its weights are freed (then calls raise)
         self._set_conv_layout()
 
     def _set_conv_layout(self) -> None:
@@ -337,6 +354,7 @@ class HARTPipeline:
         system_prompt: str | None | _TreeDefault = TREE_DEFAULT,
         dtype: torch.dtype = torch.float32,
         backend: str = "reference",
+        release_text_encoder: bool = False,
     ) -> "HARTPipeline":
         """Load a HART tree: ``root/tokenizer``, ``root/llm`` (``ema_model.bin`` with ``ema``)
         and a text encoder (``text_encoder``, default ``root/text_encoder``; the released
@@ -353,6 +371,8 @@ class HARTPipeline:
         ``dtype``: the weights' dtype (see :attr:`dtype`; torch.bfloat16 halves the memory
         and runs on a CPU with AMX several times faster than float32).
         ``backend``: "reference" or "triton" (see :attr:`backend`).
+        ``release_text_encoder``: free the text encoder after the first call's prompts are
+        encoded (one call per pipeline, a lower peak; see the module's "Low memory").
         """
         check_dtype(dtype)
         root = Path(root)
@@ -390,7 +410,7 @@ class HARTPipeline:
             tokenizer_folder=text_tokenizer,
             dtype=dtype,
         )
-        return cls(encoder, transformer, tokenizer, backend=backend)
+        return cls(encoder, transformer, tokenizer, backend=backend, release_text_encoder=release_text_encoder)
 
     @property
     def device(self) -> torch.device:
@@ -409,8 +429,9 @@ class HARTPipeline:
 
     def to(self, device: torch.device | str | torch.dtype) -> "HARTPipeline":
         """Move all three models to a device, or cast them to a dtype (explicitly; nothing
-        moves by itself)."""
-        self.text_encoder.to(device)
+        moves by itself). A released text encoder stays released."""
+        if not self.text_encoder_released:
+            self.text_encoder.to(device)
         self.transformer.to(device)
         self.tokenizer.to(device)
         self._set_conv_layout()
@@ -441,7 +462,14 @@ class HARTPipeline:
         the diffusion head's continuous residual (False: discrete tokens only, the official
         ``final_stage=1``). ``greedy``: argmax codes. Randomness comes only from
         ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
+        With ``release_text_encoder`` the text encoder is freed right after the prompts
+        are encoded, and a second call raises.
         """
+        if self.text_encoder_released:
+            raise RuntimeError(
+                "the text encoder was released after the first call (release_text_encoder=True): "
+                "build a new pipeline to encode more prompts, or pass them all in one call"
+            )
         request = check_sample_request(prompts, cfg, top_k, top_p, num_images_per_prompt)
         rng = _generator_from(seed, generator, self.device)
         used_seed = None if generator is not None else (DEFAULT_SEED if seed is None else int(seed))
@@ -468,6 +496,8 @@ class HARTPipeline:
             text = self.text_encoder(request.prompts)
         for w in caught:
             warnings.warn(w.message, w.category, stacklevel=2)
+        if self.release_text_encoder:
+            self._release_text_encoder()
         n = request.num_images_per_prompt
         context_BTD, mask_BT, position_ids_BT = (
             t.repeat_interleave(n, dim=0) for t in (text.context_BTD, text.mask_BT, text.position_ids_BT)
@@ -492,6 +522,12 @@ class HARTPipeline:
             generation=result,
             seed=used_seed,
         )
+
+    def _release_text_encoder(self) -> None:
+        """Free the text encoder's weights: its model moves to the meta device (shapes kept, no
+        storage), so the memory goes even where someone else still holds the module."""
+        self.text_encoder.model.to("meta")
+        self.text_encoder_released = True
 
     def _generate(self, context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress) -> GenerationResult:
         """The transformer's scale-by-scale generation, with a progress bar over the scales."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -28,10 +30,49 @@ def test_random_release_pipeline_runs_in_bf16_and_reports_every_phase():
     assert report.peak_total_bytes > 0 and sum(line.startswith("scale end") for line in lines) == S
 
 
-def test_run_real_cli_on_the_tiny_architecture(capsys):
-    assert cli.main(["run-real", "--random-weights", "--size", "tiny", "--threads", "1"]) == 0
+def test_run_real_cli_on_the_tiny_architecture(capsys, tmp_path):
+    path = tmp_path / "report.json"
+    assert cli.main(["run-real", "--random-weights", "--size", "tiny", "--threads", "1", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("one 32px image, bfloat16, 1 thread(s):") and "VAE decoder" in out
+    extra = json.loads(path.read_text())["extra"]
+    assert extra["low memory (text encoder released after encoding)"] is True  # the default
+    assert extra["text encoder released"] is True
+    assert extra["machine"]["torch"] == torch.__version__ and extra["machine"]["torch threads"] == 1
+    assert extra["peak RSS while building (GiB)"] > 0
+
+
+def test_run_real_cli_no_low_memory_keeps_the_text_encoder(tmp_path):
+    path = tmp_path / "report.json"
+    argv = ["run-real", "--random-weights", "--size", "tiny", "--threads", "1", "--no-low-memory"]
+    assert cli.main([*argv, "--json", str(path)]) == 0
+    extra = json.loads(path.read_text())["extra"]
+    assert extra["low memory (text encoder released after encoding)"] is False
+    assert extra["text encoder released"] is False
+
+
+def test_release_text_encoder_frees_its_weights_and_keeps_the_image():
+    kept = random_release_pipeline("tiny", seed=0, prompts=("a red cat",))
+    freed = random_release_pipeline("tiny", seed=0, prompts=("a red cat",), release_text_encoder=True)
+    a = kept(["a red cat"], seed=3, progress=False)
+    b = freed(["a red cat"], seed=3, progress=False)
+    assert torch.equal(a.image_B3HW, b.image_B3HW)  # releasing after encoding changes nothing
+    assert torch.equal(a.text.context_BTD, b.text.context_BTD)
+    assert freed.text_encoder_released and not kept.text_encoder_released
+    assert all(p.is_meta for p in freed.text_encoder.model.parameters())  # no storage left
+    assert not any(p.is_meta for p in kept.text_encoder.model.parameters())
+    assert all(not p.is_meta for p in freed.transformer.parameters())
+    kept(["a red cat"], seed=3, progress=False)  # without the option the pipeline serves many calls
+    with pytest.raises(RuntimeError, match="text encoder was released after the first call"):
+        freed(["a red cat"], seed=3, progress=False)
+    freed.to(torch.bfloat16)  # casting the rest still works; the released encoder stays released
+    assert freed.text_encoder_released and freed.dtype == torch.bfloat16
+
+
+def test_release_text_encoder_bad_value():
+    pipe = random_release_pipeline("tiny", seed=0)
+    with pytest.raises(ValueError, match="release_text_encoder='yes' must be True or False"):
+        HARTPipeline(pipe.text_encoder, pipe.transformer, pipe.tokenizer, release_text_encoder="yes")
 
 
 @needs_golden
