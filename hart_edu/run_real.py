@@ -236,8 +236,9 @@ def measure_one_image(pipe, prompt: str, *, seed: int = 1, progress: bool = True
 
 
 def machine_info() -> dict[str, Any]:
-    """Where a measurement was taken: date (UTC), CPU model, cores, torch version and threads,
-    the environment variables that change the result, and the load average at that moment."""
+    """Where a measurement is taken: date (UTC), CPU model, cores, torch version and threads,
+    the environment variables that change the result, and the load average (other jobs, when
+    read before the run)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -300,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
+    machine = machine_info()  # before the run: its load average is the other jobs' load
     dtype = getattr(torch, args.dtype)
     if args.low_memory and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         print("note: MALLOC_MMAP_THRESHOLD_ is not set: glibc may keep part of the released text "
@@ -328,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     report.extra["low memory (text encoder released after encoding)"] = args.low_memory
     report.extra["text encoder released"] = pipe.text_encoder_released
     report.extra["parameters"] = n_params
-    report.extra["machine"] = machine_info()
+    report.extra["machine"] = machine
     print(report.format())
     if args.profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
