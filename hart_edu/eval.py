@@ -41,7 +41,6 @@ __all__ = [
     "EvalResult",
     "evaluate",
     "eval_line",
-    "load_pipeline",
     "pipeline_generator",
     "render_generator",
     "save_grid",
@@ -97,14 +96,6 @@ def render_generator(size: int = 64) -> Generator:
     from hart_edu.data.scenes import render
 
     return lambda scenes: torch.stack([render(scene, size) for scene in scenes])
-
-
-def load_pipeline(root: str | Path):
-    """``HARTPipeline.from_pretrained(root)`` (the tiny tree names its text encoder in
-    ``root/text_encoder.json``)."""
-    from hart_edu.sampler import HARTPipeline
-
-    return HARTPipeline.from_pretrained(root)
 
 
 def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Generator,
@@ -211,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1:
         p.error("--n must be at least 1")
 
-    pipe = load_pipeline(args.weights)
+    from hart_edu.sampler import HARTPipeline
+
+    pipe = HARTPipeline.from_pretrained(args.weights)  # finds the tiny tree's text encoder itself
     scenes = heldout_scenes(args.n, seed=args.scene_seed)
     args.out.mkdir(parents=True, exist_ok=True)
     residual = not args.no_residual
