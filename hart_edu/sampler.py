@@ -48,10 +48,11 @@ model's weights) is only needed to encode the prompts, not during the scales or 
 weights as soon as the first call has encoded its prompts, which lowers the peak memory of
 that call by their size. The pipeline then serves that one call: any later call raises a
 ``RuntimeError`` saying the text encoder was released (nothing is reloaded behind your back;
-build a new pipeline for more prompts, or pass all prompts in one call). The memory returns
-to the operating system when the allocator gives it back: glibc does for blocks it mapped on
-their own, which ``MALLOC_MMAP_THRESHOLD_=1048576`` (set before Python starts) guarantees for
-every tensor above 1 MiB.
+build a new pipeline for more prompts, or pass all prompts in one call). Right after the release
+the pipeline asks the C allocator to hand the freed memory back to the operating system
+(:func:`hart_edu.memory.return_free_memory`); ``hart-edu run-real`` also maps large blocks on
+their own (:func:`hart_edu.memory.map_large_blocks`) so the 1024px scales do not leave their
+freed temporaries in the heap.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from hart_edu.ar_transformer import (
 )
 from hart_edu.hybrid_tokenizer import HybridTokenizer
 from hart_edu.kernels import backend as kernel_backend
+from hart_edu.memory import return_free_memory
 from hart_edu.text_encoder import (
     HART_SYSTEM_PROMPT,
     TEXT_ENCODER_POINTER,
@@ -319,6 +321,7 @@ class HARTPipeline:
         self.backend = backend
         self.release_text_encoder = release_text_encoder
         self.text_encoder_released = False  # True once its weights are freed (then calls raise)
+        self.memory_returned = False  # True once the allocator was asked to give it back to the OS
         self._set_conv_layout()
 
     def _set_conv_layout(self) -> None:
@@ -528,6 +531,7 @@ class HARTPipeline:
         storage), so the memory goes even where someone else still holds the module."""
         self.text_encoder.model.to("meta")
         self.text_encoder_released = True
+        self.memory_returned = return_free_memory()
 
     def _generate(self, context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress) -> GenerationResult:
         """The transformer's scale-by-scale generation, with a progress bar over the scales."""

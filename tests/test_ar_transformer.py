@@ -267,3 +267,21 @@ def test_manifest_hypotheses(section):
     result = check_manifest_part(manifest[section])
     assert result.ok, result
     assert result.params_ours == manifest[section]["total_params"]
+
+
+def test_kv_cache_buffer_holds_what_concatenation_holds():
+    """Generation writes into a buffer of the whole length; training concatenates: same cache."""
+    from hart_edu.ar_transformer import KVCache
+
+    g = torch.Generator().manual_seed(0)
+    growing, buffered = KVCache(), KVCache(capacity=16)
+    for L in (3, 4, 9):
+        k, v = torch.randn(2, 3, L, 5, generator=g), torch.randn(2, 3, L, 5, generator=g)
+        valid = torch.rand(2, L, generator=g) < 0.7
+        growing.extend(k, v, valid)
+        buffered.extend(k.transpose(1, 2).contiguous().transpose(1, 2), v, valid)  # strided input too
+        assert buffered.length == growing.length
+        assert torch.equal(buffered.k_NHKd, growing.k_NHKd) and torch.equal(buffered.v_NHKd, growing.v_NHKd)
+        assert torch.equal(buffered.valid_NK, growing.valid_NK)
+    with pytest.raises(ValueError, match="capacity 16 cannot take 1 more keys after 16"):
+        buffered.extend(k[:, :, :1], v[:, :, :1], valid[:, :1])
