@@ -12,11 +12,13 @@ the text encoder freed after encoding; docs/cpu):
 * nothing set: the freed text encoder (2.9 GiB) stayed in the heap and the last scales'
   temporaries grew it further: peak 6.99 GiB.
 * :func:`return_free_memory` after the release: RSS fell to 2.3 GiB, but the 48x48 and 64x64
-  scales still grew the heap to a 5.98 GiB peak (25 MB activations of varying lifetimes
-  fragment it).
+  scales grew the heap again: peak 6.75 GiB; with the KV cache written into one buffer
+  (:class:`hart_edu.ar_transformer.KVCache`) instead of concatenated at every scale, 5.98 GiB
+  (25 MB activations of varying lifetimes still fragment the heap).
 * and :func:`map_large_blocks` with 16 MiB: those activations get mappings of their own and
-  go back when freed: peak 5.21 GiB. A 1 MiB threshold (every tensor mapped) also keeps the
-  peak low but page-faults every activation in again and again: +30 s of system time.
+  go back when freed: peak 5.29 GiB, 52.5 s on 2 idle cores. A 1 MiB threshold (every tensor
+  mapped) also keeps the peak low but page-faults every activation in again and again:
+  +30 s of system time, 63.9 s in all.
 
 Both work on glibc only (Linux); elsewhere they return False and change nothing.
 """
