@@ -921,6 +921,7 @@ class HARTTransformer(nn.Module):
         diffusion_noises: Sequence[torch.Tensor] | None = None,
         capture: bool = False,
         on_stage_end: Callable[[int], None] | None = None,
+        given_indices: Sequence[torch.Tensor] = (),
     ) -> GenerationResult:
         """Generate B images from text-encoder outputs (official ``autoregressive_infer_cfg``).
 
@@ -931,10 +932,16 @@ class HARTTransformer(nn.Module):
         (see :meth:`hart_edu.residual_diffusion.ResidualDiffusion.sample`; one MaskGIT round
         only). With several rounds the result's ``diffusion_*`` fields hold the last round's.
         ``on_stage_end(si)`` is called after each stage's codes are chosen (a progress hook).
+
+        ``given_indices``: the codes of the first k < S scales, (B, p_si^2) int64 each, taken
+        instead of sampled (no draw for them); the later scales are generated on top. An
+        image completed from a given coarse layout, and a diagnostic: which scale loses what
+        the prompt asked for (``python -m hart_edu.eval --given-scales``).
         """
         on_stage_end = on_stage_end or (lambda si: None)
         run = _Run(self, tokenizer, settings, quirks, generator, diffusion_noises, capture)
         run.check_inputs(context_BTD, context_mask_BT, context_position_ids_BT)
+        run.given = run.check_given(given_indices, context_BTD.shape[0])
         pns, S, Cvae = self.config.patch_nums, self.config.num_stages, self.vae_channels
         B = context_BTD.shape[0]
 
@@ -981,6 +988,7 @@ class _Run:
         self.settings, self.quirks, self.generator = settings, quirks, generator
         self.diffusion_noises, self.capture = diffusion_noises, capture
         self.result = GenerationResult(indices=[], f_hat_BChw=None, image_B3HW=None)  # type: ignore[arg-type]
+        self.given: list[torch.Tensor] = []  # codes of the first scales, taken instead of sampled
         if tuple(tokenizer.config.v_patch_nums) != tuple(self.config.patch_nums):
             raise ValueError(
                 f"tokenizer scales {tuple(tokenizer.config.v_patch_nums)} != transformer patch_nums "
@@ -999,6 +1007,22 @@ class _Run:
                 f"context_mask {tuple(mask_BT.shape)} and context_position_ids {tuple(pos_BT.shape)} "
                 f"must both be (B, T) = {(B, T)}"
             )
+
+    def check_given(self, given_indices: Sequence[torch.Tensor], B: int) -> list[torch.Tensor]:
+        pns, V = self.config.patch_nums, self.model.vocab_size
+        given = list(given_indices)
+        if len(given) >= len(pns):
+            raise ValueError(f"given_indices holds {len(given)} scales: at most {len(pns) - 1} "
+                             f"(the last scale is always generated)")
+        if given and self.capture:
+            raise ValueError("capture=True records every scale's sampling: use it without given_indices")
+        for si, idx in enumerate(given):
+            if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.shape != (B, pns[si] ** 2):
+                shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+                raise ValueError(f"given_indices[{si}] must be int64 of shape {(B, pns[si] ** 2)}, got {shape}")
+            if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < V):
+                raise ValueError(f"given_indices[{si}] holds codes outside [0, {V})")
+        return given
 
     # -- stage 0 -----------------------------------------------------------------------------
 
@@ -1131,6 +1155,10 @@ class _Run:
         """
         B, s, q = self.B, self.settings, self.quirks
         ratio = self.model.cfg_ratio(si, q)
+        if si < len(self.given):  # a given scale: its codes are taken as they are, nothing drawn
+            idx_Bl = self.given[si].to(logits_NlV.device)
+            self.result.indices.append(idx_Bl)
+            return _Pick(idx_Bl, self.quantizer.embedding(idx_Bl), ratio)
         t = s.cfg * ratio
         top_k = official_top_k(si) if q.top_k_override else s.top_k
         if kernel_backend.get_backend() == "triton":

@@ -3,6 +3,7 @@ r"""Score prompt following automatically: a miniature GenEval on the held-out ca
     python -m hart_edu.eval                      # 200 held-out captions, weights/tiny
     python -m hart_edu.eval --sweep              # + accuracy against the guidance scale (plot)
     python -m hart_edu.eval --no-residual        # discrete tokens only (no diffusion head)
+    python -m hart_edu.eval --given-scales       # + the first k scales from the scene itself
 
 For every held-out caption (compositions never seen in training, see
 :func:`hart_edu.data.scenes.is_heldout`) the pipeline generates one image; the checker
@@ -100,18 +101,26 @@ def render_generator(size: int = 64) -> Generator:
 
 def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Generator,
                        more_smooth: bool = False, top_k: int = 0, top_p: float = 0.0,
-                       greedy: bool = False) -> Generator:
+                       greedy: bool = False, given_scales: int = 0) -> Generator:
     """Images from the pipeline for the scenes' captions, all draws from ``generator``.
 
-    ``top_k`` > 0 switches the official top-k override off so that the given k is used."""
+    ``top_k`` > 0 switches the official top-k override off so that the given k is used.
+    ``given_scales`` = k > 0: the first k scales are not sampled but taken from the tokenizer's
+    encoding of the scene itself (drawn with :func:`hart_edu.data.scenes.render`); the model
+    generates the rest. Sweeping k shows at which scale the prompt gets lost."""
     from hart_edu.ar_transformer import OfficialQuirks
+    from hart_edu.data.scenes import render
 
     quirks = OfficialQuirks(top_k_override=not top_k)
 
     def generate(scenes: Sequence[Scene]) -> torch.Tensor:
+        given = ()
+        if given_scales:
+            size = pipe.tokenizer.config.image_size
+            given = pipe.tokenizer.encode(torch.stack([render(s, size) for s in scenes])).idx_Bl[:given_scales]
         out = pipe([s.caption for s in scenes], cfg=cfg, residual=residual, more_smooth=more_smooth,
                    top_k=top_k or None, top_p=top_p or None, greedy=greedy, quirks=quirks,
-                   generator=generator, progress=False)
+                   generator=generator, progress=False, given_indices=given)
         return out.image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the checker's range
 
     return generate
@@ -149,19 +158,20 @@ def save_grid(result: EvalResult, path: Path, count: int = 24, columns: int = 6)
     plt.close(fig)
 
 
-def save_sweep(sweep: list[dict], path: Path) -> None:
-    """Accuracy of each attribute against the guidance scale."""
+def save_sweep(sweep: list[dict], path: Path, key: str = "cfg", xlabel: str = "guidance scale (cfg)",
+               title: str = "prompt following on held-out captions") -> None:
+    """Accuracy of each attribute against ``row[key]`` (the guidance scale, or the number of
+    given scales)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    cfgs = [row["cfg"] for row in sweep]
+    xs = [row[key] for row in sweep]
     for name in ATTRIBUTES + ("overall",):
-        ax.plot(cfgs, [row["scores"][name] for row in sweep], marker="o", lw=1.2, label=name)
-    ax.set(xlabel="guidance scale (cfg)", ylabel="accuracy", ylim=(0, 1.02),
-           title="prompt following on held-out captions")
+        ax.plot(xs, [row["scores"][name] for row in sweep], marker="o", lw=1.2, label=name)
+    ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -194,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0: off)")
     p.add_argument("--greedy", action="store_true", help="argmax codes at every scale")
     p.add_argument("--sweep", action="store_true", help=f"also score cfg in {SWEEP_CFGS} and plot it")
+    p.add_argument("--given-scales", action="store_true",
+                   help="also score with the first k scales taken from each scene's own encoding, "
+                        "k = 0 .. S-1, and plot it (where is the prompt lost?)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the held-out caption list")
     p.add_argument("--batch-size", type=int, default=50)
@@ -209,10 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     residual = not args.no_residual
 
-    def run(cfg: float) -> EvalResult:
+    def run(cfg: float, given_scales: int = 0) -> EvalResult:
         g = torch.Generator().manual_seed(args.seed)
         gen = pipeline_generator(pipe, cfg, residual, g, more_smooth=args.more_smooth, top_k=args.top_k,
-                                 top_p=args.top_p, greedy=args.greedy)
+                                 top_p=args.top_p, greedy=args.greedy, given_scales=given_scales)
         with torch.no_grad():
             return evaluate(gen, scenes, args.batch_size)
 
@@ -228,6 +241,18 @@ def main(argv: list[str] | None = None) -> int:
         save_sweep(sweep, args.out / "cfg_sweep.png")
         report["sweep"] = sweep
         print(f"wrote {args.out / 'cfg_sweep.png'}")
+
+    if args.given_scales:
+        rows = []
+        for k in range(len(pipe.transformer.config.patch_nums)):
+            r = run(args.cfg, given_scales=k)
+            print(f"given scales {k}: " + " ".join(f"{n}={r.scores[n]:.3f}" for n in ATTRIBUTES + ("overall",)))
+            rows.append({"given_scales": k, "scores": r.scores})
+        save_sweep(rows, args.out / "given_scales.png", key="given_scales",
+                   xlabel="scales taken from the scene's own codes (the rest generated)",
+                   title=f"where the prompt is lost (cfg {args.cfg:g})")
+        report["given_scales"] = rows
+        print(f"wrote {args.out / 'given_scales.png'}")
 
     result = run(args.cfg)
     label = f"cfg={args.cfg:g}, residual {'on' if residual else 'off'}"

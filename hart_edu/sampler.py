@@ -455,6 +455,7 @@ class HARTPipeline:
         greedy: bool = False,
         diffusion_temperature: float = 1.0,
         progress: bool = True,
+        given_indices: Sequence[torch.Tensor] = (),
     ) -> HARTPipelineOutput:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
@@ -465,6 +466,8 @@ class HARTPipeline:
         the diffusion head's continuous residual (False: discrete tokens only, the official
         ``final_stage=1``). ``greedy``: argmax codes. Randomness comes only from
         ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
+        ``given_indices``: codes of the first scales, one (images, p^2) int64 tensor per scale,
+        taken instead of sampled (see :meth:`HARTTransformer.generate`).
         With ``release_text_encoder`` the text encoder is freed right after the prompts
         are encoded, and a second call raises.
         """
@@ -507,7 +510,8 @@ class HARTPipeline:
         )
 
         with torch.no_grad(), self.autocast(), kernel_backend.use_backend(self.backend):
-            result = self._generate(context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress)
+            result = self._generate(context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress,
+                                    given_indices)
 
         B, p = context_BTD.shape[0], self.transformer.config.patch_nums[-1]
         residual_BChw = self._residual_latent(result, B, p) if residual else None
@@ -533,7 +537,8 @@ class HARTPipeline:
         self.text_encoder_released = True
         self.memory_returned = return_free_memory()
 
-    def _generate(self, context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress) -> GenerationResult:
+    def _generate(self, context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress,
+                  given_indices=()) -> GenerationResult:
         """The transformer's scale-by-scale generation, with a progress bar over the scales."""
         from tqdm.auto import tqdm
 
@@ -546,7 +551,7 @@ class HARTPipeline:
 
             return self.transformer.generate(
                 self.tokenizer, context_BTD, mask_BT, position_ids_BT, settings=settings,
-                generator=rng, quirks=quirks, on_stage_end=stage_done,
+                generator=rng, quirks=quirks, on_stage_end=stage_done, given_indices=given_indices,
             )
 
     def _residual_latent(self, result: GenerationResult, B: int, p: int) -> torch.Tensor:

