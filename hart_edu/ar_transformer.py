@@ -422,7 +422,7 @@ class KVCache:
     * ``capacity=K`` (generation, which knows its total length up front): the first stage
       allocates (N, H, K, d) buffers and every stage writes its keys and values into the next
       slice; the cache is a view of the filled part. Concatenating would copy the whole cache
-      at every stage and free the shorter copy, and at 1024px (1.8 GB of cache in bf16) those
+      at every stage and free the shorter copy, and at 1024px (1.8 GiB of cache in bf16) those
       freed copies stay behind as holes in the C heap: measured on a 2-core CPU, the process
       peaked at 6.75 GiB with concatenation and 5.98 GiB with the buffer (docs/cpu/README.md).
     """
@@ -431,7 +431,7 @@ class KVCache:
     v_NHKd: torch.Tensor | None = None
     valid_NK: torch.Tensor | None = None
     capacity: int = 0
-    _buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    _buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def length(self) -> int:
@@ -454,6 +454,8 @@ class KVCache:
             self._buffers = (k_NHLd.new_empty(N, H, self.capacity, d), v_NHLd.new_empty(N, H, self.capacity, d),
                              valid_NL.new_empty(N, self.capacity))
         k_buf, v_buf, valid_buf = self._buffers
+        if (k_NHLd.dtype, v_NHLd.dtype) != (k_buf.dtype, v_buf.dtype):  # torch.cat would promote; a buffer cannot
+            raise ValueError(f"KV cache holds {k_buf.dtype}/{v_buf.dtype}, got {k_NHLd.dtype}/{v_NHLd.dtype}")
         k_buf[:, :, start:start + L] = k_NHLd
         v_buf[:, :, start:start + L] = v_NHLd
         valid_buf[:, start:start + L] = valid_NL
@@ -968,9 +970,29 @@ class HARTTransformer(nn.Module):
         h_BChw = h_BlC.transpose(1, 2).reshape(B, Cvae, pns[-1], pns[-1])
         f_hat_BChw, _ = run.quantizer.next_autoregressive_input(S - 1, f_hat_BChw, h_BChw)
         run.result.f_hat_BChw = f_hat_BChw
-        run.caches.clear()  # the KV cache (1.8 GB at 1024px in bf16) is not needed to decode
+        run.caches.clear()  # the KV cache (1.8 GiB at 1024px in bf16) is not needed to decode
         run.result.image_B3HW = (tokenizer.decode(f_hat_BChw) + 1) * 0.5  # [-1, 1] -> [0, 1]
         return run.result
+
+
+def check_given_indices(given_indices: Sequence[torch.Tensor], patch_nums: Sequence[int], B: int,
+                        vocab_size: int) -> list[torch.Tensor]:
+    """``given_indices`` as a list, checked: at most S-1 scales (the last one is always
+    generated), scale si an int64 tensor (B, p_si^2) of codes in [0, vocab_size)."""
+    if not isinstance(given_indices, (list, tuple)):
+        raise ValueError(f"given_indices must be a list of per-scale code tensors, got {type(given_indices).__name__}")
+    given = list(given_indices)
+    if len(given) >= len(patch_nums):
+        raise ValueError(f"given_indices holds {len(given)} scales: at most {len(patch_nums) - 1} "
+                         f"(the last scale is always generated)")
+    for si, idx in enumerate(given):
+        want = (B, patch_nums[si] ** 2)
+        if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or tuple(idx.shape) != want:
+            got = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"given_indices[{si}] must be int64 of shape {want}, got {got}")
+        if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < vocab_size):
+            raise ValueError(f"given_indices[{si}] holds codes outside [0, {vocab_size})")
+    return given
 
 
 class _Run:
@@ -1009,20 +1031,9 @@ class _Run:
             )
 
     def check_given(self, given_indices: Sequence[torch.Tensor], B: int) -> list[torch.Tensor]:
-        pns, V = self.config.patch_nums, self.model.vocab_size
-        given = list(given_indices)
-        if len(given) >= len(pns):
-            raise ValueError(f"given_indices holds {len(given)} scales: at most {len(pns) - 1} "
-                             f"(the last scale is always generated)")
-        if given and self.capture:
+        if given_indices and self.capture:
             raise ValueError("capture=True records every scale's sampling: use it without given_indices")
-        for si, idx in enumerate(given):
-            if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.shape != (B, pns[si] ** 2):
-                shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-                raise ValueError(f"given_indices[{si}] must be int64 of shape {(B, pns[si] ** 2)}, got {shape}")
-            if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < V):
-                raise ValueError(f"given_indices[{si}] holds codes outside [0, {V})")
-        return given
+        return check_given_indices(given_indices, self.config.patch_nums, B, self.model.vocab_size)
 
     # -- stage 0 -----------------------------------------------------------------------------
 
@@ -1152,6 +1163,8 @@ class _Run:
 
         logits = (1 + t) cond - t uncond, t = cfg * r(si); then top-k / top-p and a draw (or
         argmax); h = embedding[idx] (or the Gumbel-softmax blend of all codes, more_smooth).
+        A given scale (``given_indices``) takes its codes as they are, nothing drawn, and always
+        the hard embedding h = embedding[idx], as in teacher forcing, also with more_smooth.
         """
         B, s, q = self.B, self.settings, self.quirks
         ratio = self.model.cfg_ratio(si, q)

@@ -117,7 +117,9 @@ def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Genera
         given = ()
         if given_scales:
             size = pipe.tokenizer.config.image_size
-            given = pipe.tokenizer.encode(torch.stack([render(s, size) for s in scenes])).idx_Bl[:given_scales]
+            images_B3HW = torch.stack([render(s, size) for s in scenes]).to(pipe.device, pipe.dtype)
+            with torch.no_grad(), pipe.autocast():
+                given = [idx.to(pipe.device) for idx in pipe.tokenizer.encode(images_B3HW).idx_Bl[:given_scales]]
         out = pipe([s.caption for s in scenes], cfg=cfg, residual=residual, more_smooth=more_smooth,
                    top_k=top_k or None, top_p=top_p or None, greedy=greedy, quirks=quirks,
                    generator=generator, progress=False, given_indices=given)
@@ -242,10 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         report["sweep"] = sweep
         print(f"wrote {args.out / 'cfg_sweep.png'}")
 
+    result = run(args.cfg)  # the plain run: also the sweep's k = 0
     if args.given_scales:
         rows = []
         for k in range(len(pipe.transformer.config.patch_nums)):
-            r = run(args.cfg, given_scales=k)
+            r = result if k == 0 else run(args.cfg, given_scales=k)
             print(f"given scales {k}: " + " ".join(f"{n}={r.scores[n]:.3f}" for n in ATTRIBUTES + ("overall",)))
             rows.append({"given_scales": k, "scores": r.scores})
         save_sweep(rows, args.out / "given_scales.png", key="given_scales",
@@ -254,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
         report["given_scales"] = rows
         print(f"wrote {args.out / 'given_scales.png'}")
 
-    result = run(args.cfg)
     label = f"cfg={args.cfg:g}, residual {'on' if residual else 'off'}"
     print_table(result, label)
     save_grid(result, args.out / "samples.png")

@@ -299,7 +299,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hart_edu.memory import map_large_blocks
+    from hart_edu.memory import DEFAULT_MMAP_THRESHOLD, map_large_blocks
 
     if args.threads is not None:
         if args.threads < 1:
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     machine = machine_info()  # before the run: its load average is the other jobs' load
     dtype = getattr(torch, args.dtype)
-    large_blocks_mapped = False
+    large_blocks_mapped = False  # mallopt is process-wide and stays: run-real is a program's entry point
     if args.low_memory and "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the environment's setting wins
         large_blocks_mapped = map_large_blocks()
     t0 = time.perf_counter()
@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     report.extra["low memory (text encoder released after encoding)"] = args.low_memory
     report.extra["text encoder released"] = pipe.text_encoder_released
     report.extra["freed memory returned to the OS (malloc_trim)"] = pipe.memory_returned
-    report.extra["mmap threshold set to 16 MiB (mallopt)"] = large_blocks_mapped
+    report.extra[f"mmap threshold set to {DEFAULT_MMAP_THRESHOLD >> 20} MiB (mallopt)"] = large_blocks_mapped
     report.extra["parameters"] = n_params
     report.extra["machine"] = machine
     print(report.format())

@@ -73,6 +73,7 @@ from hart_edu.ar_transformer import (
     HARTTransformer,
     OfficialQuirks,
     SamplingSettings,
+    check_given_indices,
 )
 from hart_edu.hybrid_tokenizer import HybridTokenizer
 from hart_edu.kernels import backend as kernel_backend
@@ -466,7 +467,8 @@ class HARTPipeline:
         the diffusion head's continuous residual (False: discrete tokens only, the official
         ``final_stage=1``). ``greedy``: argmax codes. Randomness comes only from
         ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
-        ``given_indices``: codes of the first scales, one (images, p^2) int64 tensor per scale,
+        ``given_indices``: codes of the first scales, one int64 tensor (len(prompts) *
+        num_images_per_prompt, p^2) per scale, rows prompt-major (a prompt's images together),
         taken instead of sampled (see :meth:`HARTTransformer.generate`).
         With ``release_text_encoder`` the text encoder is freed right after the prompts
         are encoded, and a second call raises.
@@ -477,6 +479,9 @@ class HARTPipeline:
                 "build a new pipeline to encode more prompts, or pass them all in one call"
             )
         request = check_sample_request(prompts, cfg, top_k, top_p, num_images_per_prompt)
+        given_indices = check_given_indices(  # before the text encoder runs (and is maybe released)
+            given_indices, self.transformer.config.patch_nums,
+            len(request.prompts) * request.num_images_per_prompt, self.transformer.vocab_size)
         rng = _generator_from(seed, generator, self.device)
         used_seed = None if generator is not None else (DEFAULT_SEED if seed is None else int(seed))
         if residual and not self.tokenizer.config.is_hybrid:

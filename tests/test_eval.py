@@ -70,3 +70,16 @@ def test_given_scales_on_the_shipped_weights(tmp_path):
     assert [r["given_scales"] for r in rows] == list(range(6))  # weights/tiny has 6 scales
     assert rows[0]["scores"] == report["scores"]  # k = 0 is the plain run (same seed)
     assert (tmp_path / "given_scales.png").is_file()
+
+
+def test_given_scales_on_a_bfloat16_pipeline():
+    """The scenes' codes are encoded in the pipeline's own dtype (a bf16 tokenizer refuses float32)."""
+    from hart_edu.eval import pipeline_generator
+    from hart_edu.run_real import random_release_pipeline
+
+    pipe = random_release_pipeline("tiny", dtype=torch.bfloat16, seed=0)
+    scenes = heldout_scenes(2)
+    size = pipe.tokenizer.config.image_size
+    for k in (0, 2):
+        images = pipeline_generator(pipe, 2.0, True, torch.Generator().manual_seed(0), given_scales=k)(scenes)
+        assert images.shape == (2, 3, size, size) and torch.isfinite(images).all()

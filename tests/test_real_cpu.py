@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,9 +113,16 @@ def test_check_dtype():
 
 
 def test_memory_settings_report_whether_they_ran():
-    from hart_edu.memory import map_large_blocks, return_free_memory
-
-    assert return_free_memory() is GLIBC
-    with pytest.raises(ValueError, match="must be in \\(0, 32 MiB\\]"):
-        map_large_blocks(64 << 20)
-    assert map_large_blocks(32 << 20) is GLIBC  # glibc's largest; harmless for the tests after
+    """In a child process: mallopt changes the allocator of the whole process for good."""
+    code = ("from hart_edu.memory import map_large_blocks, return_free_memory\n"
+            "print(return_free_memory(), map_large_blocks(), map_large_blocks(32 << 20))\n"
+            "for bad in (64 << 20, 0, True, 1.5):\n"
+            "    try:\n"
+            "        map_large_blocks(bad)\n"
+            "    except ValueError as e:\n"
+            "        print('refused', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0] == f"{GLIBC} {GLIBC} {GLIBC}"
+    assert len(lines) == 5 and all(line.startswith("refused threshold_bytes=") for line in lines[1:])
+    assert "must be an int in (0, 32 MiB]" in lines[1]

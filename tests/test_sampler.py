@@ -309,3 +309,15 @@ def test_given_indices_bad_input():
         pipe(["a red cat"], given_indices=[ok[0].float()], progress=False)
     with pytest.raises(ValueError, match=r"given_indices\[0\] holds codes outside"):
         pipe(["a red cat"], given_indices=[ok[0] - 1], progress=False)
+    with pytest.raises(ValueError, match="given_indices must be a list of per-scale code tensors, got Tensor"):
+        pipe(["a red cat"], given_indices=ok[0], progress=False)
+    # rows = prompts x images per prompt
+    with pytest.raises(ValueError, match=r"given_indices\[0\] must be int64 of shape \(4, 1\)"):
+        pipe(["a red cat", "a cat"], num_images_per_prompt=2, given_indices=ok[:1], progress=False)
+    # checked before the text encoder runs: a single-use pipeline survives a bad argument
+    once = random_release_pipeline("tiny", dtype=torch.float32, seed=0, prompts=("a red cat",),
+                                   release_text_encoder=True)
+    with pytest.raises(ValueError, match="given_indices"):
+        once(["a red cat"], given_indices=[ok[0].float()], progress=False)
+    assert not once.text_encoder_released
+    once(["a red cat"], given_indices=ok[:2], progress=False)
