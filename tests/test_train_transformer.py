@@ -17,6 +17,7 @@ from hart_edu.train.transformer import (
     diffusion_loss,
     init_weights,
     save_pretrained,
+    scale_weights,
     tiny_config,
     train,
     unconditional_context,
@@ -214,3 +215,27 @@ def test_save_in_bfloat16_halves_the_files_and_loads_the_rounded_ema(tokenizer_f
     for k, v in result.ema_state.items():
         want = v.to(torch.bfloat16).to(v.dtype) if v.is_floating_point() else v
         assert torch.equal(loaded.state_dict()[k], want), k
+
+
+def test_scale_weights_move_the_loss_to_the_coarse_scales():
+    pns = (1, 2, 3, 4, 6, 8)
+    n = [p * p for p in pns]
+
+    def shares(b):
+        w_L = scale_weights(pns, b)
+        assert w_L.shape == (sum(n),) and torch.isclose(w_L.mean(), torch.tensor(1.0))
+        return torch.stack([part.sum() for part in w_L.split(n)]) / w_L.sum()
+
+    assert torch.equal(scale_weights(pns, 0.0), torch.ones(sum(n)))  # every token the same
+    torch.testing.assert_close(shares(1.0), torch.full((6,), 1 / 6))  # every scale the same
+    torch.testing.assert_close(shares(0.5), torch.tensor(pns, dtype=torch.float32) / sum(pns))  # ~ p
+    with pytest.raises(ValueError, match="scale_balance must be in"):
+        scale_weights(pns, 1.5)
+
+
+def test_scale_balance_changes_the_minimised_loss_not_the_logged_ce(tokenizer_folder, tmp_path):
+    plain = train(tokenizer_folder, tmp_path / "a", small_settings(steps=1), progress=False)
+    balanced = train(tokenizer_folder, tmp_path / "b", small_settings(steps=1, scale_balance=1.0), progress=False)
+    a, b = plain.history[0], balanced.history[0]
+    assert a["ce"] == b["ce"] and a["diffusion"] == b["diffusion"]  # same init, same batch
+    assert a["loss"] != b["loss"]  # but the weighted ce differs

@@ -23,7 +23,14 @@ What one step computes (B images, S scales, l = p_{S-1}^2 last-scale tokens)
 2. Teacher-forced next-scale prediction over all scales in one pass
    (:meth:`HARTTransformer.forward_teacher_forcing`, block-causal over the scales)::
 
-       L_ce = mean over all sum_si p_si^2 tokens of  -log softmax(logits)[idx_true]
+       L_ce = mean over all sum_si p_si^2 tokens of  w_si * -log softmax(logits)[idx_true]
+
+   With ``scale_balance`` = 0 (default) every token weighs the same (w = 1), so the 8x8 scale
+   of a 64px image carries 64 of the 130 tokens and the 2x2 scale, where the layout is
+   decided, 4. ``scale_balance`` = b moves weight to the coarse scales: w_si ~ (p_si^2)^-b,
+   normalised to a mean of 1 over the tokens, so scale si's share of L_ce goes as
+   (p_si^2)^(1-b) (b = 1: every scale the same share; b = 0.5: shares as p_si). The logged
+   ``ce`` stays the plain per-token mean, comparable across settings.
 
 3. The diffusion loss on the last scale's residual tokens, conditioned per token on
    ``z = decoder_norm(h_last + word_embed(e(idx_true)))`` (the same z inference builds from
@@ -155,6 +162,7 @@ class TrainSettings:
     seed: int = 0
     train_examples: int = 20_000
     two_shape_prob: float = 0.5  # share of two-shape scenes in the training images
+    scale_balance: float = 0.0  # 0: every token weighs the same in L_ce; 1: every scale (module docstring)
     bf16: bool = True  # autocast the transformer's matmuls to bfloat16 (weights and losses stay fp32)
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is faster when another job holds a core
     log_every: int = 10
@@ -376,14 +384,22 @@ def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, 
 
 
 class StepLosses(NamedTuple):
-    loss: torch.Tensor  # ce + diffusion, what is minimised
-    ce: torch.Tensor
+    loss: torch.Tensor  # the scale-weighted ce + diffusion, what is minimised
+    ce: torch.Tensor  # the plain per-token mean (what the curves show)
     diffusion: DiffusionLoss
     accuracy: float  # share of tokens whose argmax is the true code
 
 
+def scale_weights(patch_nums: tuple[int, ...], scale_balance: float) -> torch.Tensor:
+    """Per-token weights (sum p^2,) of L_ce: (p_si^2)^-b for the tokens of scale si, mean 1."""
+    if not 0.0 <= scale_balance <= 1.0:
+        raise ValueError(f"scale_balance must be in [0, 1], got {scale_balance}")
+    w_L = torch.cat([torch.full((p * p,), float(p * p) ** -scale_balance) for p in patch_nums])
+    return w_L / w_L.mean()
+
+
 def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedScenes, rows_B: torch.Tensor,
-                    generator: torch.Generator, bf16: bool) -> StepLosses:
+                    generator: torch.Generator, bf16: bool, scale_balance: float = 0.0) -> StepLosses:
     """The losses of one batch (rows ``rows_B`` of the encodings); see the module docstring."""
     cfg = model.config
     B = rows_B.shape[0]
@@ -395,7 +411,8 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
     # than the flash kernel's (same result up to rounding).
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), sdpa_kernel([SDPBackend.MATH]):
         out = model.forward_teacher_forcing(text.context_BTD, text.mask_BT, text.position_ids_BT, enc.x_NLC[rows_B])
-        ce = F.cross_entropy(out.logits_BLV.float().flatten(0, 1), idx_BK.flatten())
+        ce_BK = F.cross_entropy(out.logits_BLV.float().flatten(0, 1), idx_BK.flatten(), reduction="none").view(B, -1)
+        w_K = scale_weights(tuple(cfg.patch_nums), scale_balance).to(ce_BK.device)
         # z = decoder_norm(h_last + word_embed(e(idx_last))) for each last-scale token
         l = enc.residual_NlC.shape[1]
         idx_last_Bl = idx_BK[:, -l:]
@@ -405,12 +422,13 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
         target_MC = enc.residual_NlC[rows_B].reshape(B * l, -1).repeat(mul, 1)
         diff = diffusion_loss(model.diffloss, target_MC, z_MC, generator)
     accuracy = float((out.logits_BLV.argmax(-1) == idx_BK).float().mean())
-    return StepLosses(ce + diff.loss, ce, diff, accuracy)
+    return StepLosses((ce_BK * w_K).mean() + diff.loss, ce_BK.mean(), diff, accuracy)
 
 
 def _result_settings(settings: dict) -> dict:
     """The settings a run's result depends on (a resumed run may use other threads / logging)."""
-    return {k: v for k, v in settings.items() if k not in ("threads", "log_every")}
+    with_defaults = asdict(TrainSettings()) | settings  # a run saved before a setting existed had its default
+    return {k: v for k, v in with_defaults.items() if k not in ("threads", "log_every")}
 
 
 def _lr_at(step: int, s: TrainSettings) -> float:
@@ -499,7 +517,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, s)
         rows_B = torch.randint(0, N, (s.batch_size,), generator=g)
-        losses = training_losses(model, tok.quantizer, enc, rows_B, g, s.bf16)
+        losses = training_losses(model, tok.quantizer, enc, rows_B, g, s.bf16, s.scale_balance)
         opt.zero_grad(set_to_none=True)
         losses.loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
