@@ -28,6 +28,8 @@ EXIT_BAD_INPUT = 2
 SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.app", "hart_edu.profile", "hart_edu.download", "hart_edu.convert", "hart_edu.run_real")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a file name where generate wants a folder
+
 def add_generate_parser(sub) -> None:
     from hart_edu.sampler import DEFAULT_SEED
 
@@ -159,6 +161,9 @@ def generate_main(args: argparse.Namespace) -> int:
     check_image_count(len(request.prompts), request.num_images_per_prompt)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} exists and is not a folder")
+    if args.out.suffix.lower() in IMAGE_SUFFIXES and not args.out.exists():
+        raise ValueError(f"--out {args.out} looks like an image file name: --out is the folder that gets "
+                         f"one PNG per image (e.g. --out {args.out.with_suffix('')})")
     weights = args.weights if args.weights is not None else TINY_WEIGHTS
     no_quirks = OfficialQuirks(**{f.name: False for f in dataclasses.fields(OfficialQuirks)})
     quirks = OFFICIAL if args.official_quirks else no_quirks

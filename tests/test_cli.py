@@ -137,6 +137,8 @@ def bad_cases(tree: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "tree without llm": (["generate", *p, "--out", str(tmp / "out"), "--weights", str(no_llm)], "no llm/"),
         "missing text encoder": (["generate", *out, *p, "--text-encoder", str(tmp / "none")], "text encoder"),
         "out is a file": (["generate", *p, "--weights", str(tree), "--out", str(a_file)], "not a folder"),
+        "out named like an image": (["generate", *p, "--weights", str(tree), "--out", str(tmp / "cat.png")],
+                                    "looks like an image file name"),
     }
 
 
@@ -144,7 +146,7 @@ CASE_NAMES = [
     "no prompt", "prompt and prompt file", "non-UTF-8 prompt file", "missing prompt file", "blank prompt file",
     "negative cfg", "huge cfg", "nan cfg", "cfg not a number", "top-p zero", "top-p above one",
     "negative top-k", "zero images", "negative seed", "missing weights", "tree without llm",
-    "missing text encoder", "out is a file",
+    "missing text encoder", "out is a file", "out named like an image",
 ]
 
 
