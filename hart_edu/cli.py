@@ -26,9 +26,8 @@ EXIT_BAD_INPUT = 2
 # subcommand on the argparse sub-parsers) and ``run(args) -> int`` (exit status). Keep their
 # heavy imports inside ``run`` so ``hart-edu --help`` stays fast.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.app", "hart_edu.profile", "hart_edu.download", "hart_edu.convert", "hart_edu.run_real")
-
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a file name where generate wants a folder
+
 
 def add_generate_parser(sub) -> None:
     from hart_edu.sampler import DEFAULT_SEED

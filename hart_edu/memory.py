@@ -68,4 +68,4 @@ def map_large_blocks(threshold_bytes: int = DEFAULT_MMAP_THRESHOLD) -> bool:
     if not isinstance(threshold_bytes, int) or isinstance(threshold_bytes, bool) or not 0 < threshold_bytes <= 32 << 20:
         raise ValueError(f"threshold_bytes={threshold_bytes!r} must be an int in (0, 32 MiB] (glibc's maximum)")
     libc = _glibc()
-    return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)) == 1
+    return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes) == 1

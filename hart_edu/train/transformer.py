@@ -399,8 +399,9 @@ def scale_weights(patch_nums: tuple[int, ...], scale_balance: float) -> torch.Te
 
 
 def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedScenes, rows_B: torch.Tensor,
-                    generator: torch.Generator, bf16: bool, scale_balance: float = 0.0) -> StepLosses:
-    """The losses of one batch (rows ``rows_B`` of the encodings); see the module docstring."""
+                    generator: torch.Generator, bf16: bool, ce_weights_K: torch.Tensor) -> StepLosses:
+    """The losses of one batch (rows ``rows_B`` of the encodings); see the module docstring.
+    ``ce_weights_K``: the per-token weights of L_ce, :func:`scale_weights` of the model's scales."""
     cfg = model.config
     B = rows_B.shape[0]
     cap_B = enc.caption_N[rows_B]
@@ -412,7 +413,6 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), sdpa_kernel([SDPBackend.MATH]):
         out = model.forward_teacher_forcing(text.context_BTD, text.mask_BT, text.position_ids_BT, enc.x_NLC[rows_B])
         ce_BK = F.cross_entropy(out.logits_BLV.float().flatten(0, 1), idx_BK.flatten(), reduction="none").view(B, -1)
-        w_K = scale_weights(tuple(cfg.patch_nums), scale_balance).to(ce_BK.device)
         # z = decoder_norm(h_last + word_embed(e(idx_last))) for each last-scale token
         l = enc.residual_NlC.shape[1]
         idx_last_Bl = idx_BK[:, -l:]
@@ -422,7 +422,7 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
         target_MC = enc.residual_NlC[rows_B].reshape(B * l, -1).repeat(mul, 1)
         diff = diffusion_loss(model.diffloss, target_MC, z_MC, generator)
     accuracy = float((out.logits_BLV.argmax(-1) == idx_BK).float().mean())
-    return StepLosses((ce_BK * w_K).mean() + diff.loss, ce_BK.mean(), diff, accuracy)
+    return StepLosses((ce_BK * ce_weights_K).mean() + diff.loss, ce_BK.mean(), diff, accuracy)
 
 
 def _result_settings(settings: dict) -> dict:
@@ -510,6 +510,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         print(f"resumed from {state_path} at step {step}")
 
     N = enc.idx_NK.shape[0]
+    ce_weights_K = scale_weights(tuple(config.patch_nums), s.scale_balance)  # the same every step
     model.train()
     bar = tqdm(total=s.steps, initial=step, desc="transformer", unit="step", disable=not progress)
     last = s.steps if stop_at is None else min(s.steps, stop_at)
@@ -517,7 +518,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, s)
         rows_B = torch.randint(0, N, (s.batch_size,), generator=g)
-        losses = training_losses(model, tok.quantizer, enc, rows_B, g, s.bf16, s.scale_balance)
+        losses = training_losses(model, tok.quantizer, enc, rows_B, g, s.bf16, ce_weights_K)
         opt.zero_grad(set_to_none=True)
         losses.loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
