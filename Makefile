@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   runs the main job
 #   make test   runs every test and every notebook (nbval)
+# The golden parity fixtures are in tests/golden; another set: make GOLDEN=/path/to/set parity
 # Override the torch build for a GPU, e.g.  make TORCH=torch==2.13.0 TRITON=triton==3.9.0 test
 
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 TRITON ?= triton==3.9.0
-GOLDEN ?= ../shared/golden
+GOLDEN ?= tests/golden
 BIN    := $(VENV)/bin
 
 export HF_HUB_OFFLINE := 1

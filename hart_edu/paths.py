@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -9,6 +10,7 @@ ASSETS_DIR = PACKAGE_DIR / "assets"
 REPO_ROOT = PACKAGE_DIR.parent
 WEIGHTS_DIR = REPO_ROOT / "weights"
 TINY_WEIGHTS = WEIGHTS_DIR / "tiny"
+GOLDEN_IN_REPO = REPO_ROOT / "tests" / "golden"
 
 
 def tiny_weights(part: str = "") -> Path:
@@ -24,3 +26,19 @@ def tiny_weights(part: str = "") -> Path:
 def photo_path() -> Path:
     """The CC0 test photo shipped with the package (see assets/README.md)."""
     return ASSETS_DIR / "chelsea.png"
+
+
+def golden_dir() -> Path:
+    """The golden parity fixtures: ``$HART_EDU_GOLDEN`` when set (``make GOLDEN=... test``),
+    else the copy in the repository, ``tests/golden`` (see its README)."""
+    return Path(os.environ.get("HART_EDU_GOLDEN") or GOLDEN_IN_REPO)
+
+
+def repo_relative(path: str | os.PathLike) -> str:
+    """``path`` as printed in notebooks and reports: relative to the repository root when it
+    lies inside it (no machine-specific prefix), else unchanged."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)

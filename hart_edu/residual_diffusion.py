@@ -66,7 +66,7 @@ The variance channels are not mixed: every row keeps its own. The sampler starts
 halves from the same initial noise, but each row then gets its own step noise, so the
 unconditional half drifts away and is thrown away by HART.
 
-Official behaviour reproduced here (see shared/golden/README.md):
+Official behaviour reproduced here (checked against the golden fixtures, tests/golden):
 
 * guidance is switched on exactly when ``cfg != 1.0`` (``use_cfg`` makes this explicit);
 * random draws, in order: #0 the initial noise (N/2, C) with guidance or (N, C) without,

@@ -1,6 +1,6 @@
 """Golden parity: recompute the official HART tensors with hart_edu and compare them.
 
-``shared/golden`` holds tiny checkpoints in the official layout (``tiny-official/``) and the
+``tests/golden`` holds tiny checkpoints in the official layout (``tiny-official/``) and the
 tensors the official code computed from them (``tiny-golden.safetensors``, described one by
 one in ``tiny-golden.json``). A *producer* (one per part of the model, in this package)
 loads the checkpoints with hart_edu's public API, reads the fixture's inputs through

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Recompute the official HART golden tensors with hart_edu and compare them.",
     )
     parser.add_argument("golden_dir", nargs="?", help="folder with tiny-golden.json, "
-                        "tiny-golden.safetensors and tiny-official/ (e.g. ../shared/golden)")
+                        "tiny-golden.safetensors and tiny-official/ (e.g. tests/golden)")
     parser.add_argument("--manifest", metavar="FILE",
                         help="instead: compare the released architecture, built on the meta "
                              "device, with manifest-hart-0.7b-1024px.json")
