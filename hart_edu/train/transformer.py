@@ -361,7 +361,7 @@ def _file_digest(folder: Path) -> str:
 
 
 def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, s: TrainSettings,
-                     run: Path) -> EncodedScenes:
+                     run: Path, progress: bool = True) -> EncodedScenes:
     """:func:`encode_scenes`, saved in ``run/encoded.pt`` and reused while the tokenizer
     files, the example count, the seed and the context length are the same."""
     key = f"{_file_digest(tok_folder)}-{s.train_examples}-{s.seed}-{s.context_token}-{s.two_shape_prob}"
@@ -372,7 +372,7 @@ def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, 
         if saved.get("key") == key:
             return EncodedScenes(**{k: saved[k] for k in EncodedScenes._fields})
     t0 = time.time()
-    enc = encode_scenes(tok, text, s.train_examples, s.seed, two_shape_prob=s.two_shape_prob)
+    enc = encode_scenes(tok, text, s.train_examples, s.seed, two_shape_prob=s.two_shape_prob, progress=progress)
     print(f"encoded {s.train_examples} images and {len(enc.captions)} captions in {time.time() - t0:.0f} s")
     torch.save({"key": key, **enc._asdict()}, path)
     return enc
@@ -480,7 +480,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
     tok = HybridTokenizer.from_pretrained(tok_folder).requires_grad_(False)
     text = text or load_scene_text_encoder(s.context_token)
     context_dim = text.model.config.hidden_size
-    enc = cached_encodings(Path(tok_folder), tok, text, s, run)
+    enc = cached_encodings(Path(tok_folder), tok, text, s, run, progress=progress)
     config = tiny_config(s, context_dim, tok.config.v_patch_nums)
 
     g = torch.Generator().manual_seed(s.seed)
