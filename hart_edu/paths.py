@@ -34,11 +34,11 @@ def golden_dir() -> Path:
     return Path(os.environ.get("HART_EDU_GOLDEN") or GOLDEN_IN_REPO)
 
 
-def repo_relative(path: str | os.PathLike) -> str:
-    """``path`` as printed in notebooks and reports: relative to the repository root when it
-    lies inside it (no machine-specific prefix), else unchanged."""
-    resolved = Path(path).resolve()
-    try:
-        return resolved.relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return str(path)
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as notebooks and reports print it, without the machine's own prefix: relative
+    to the repository root when inside it, ``~/...`` when inside the home folder, else as is."""
+    resolved = Path(path).expanduser().resolve()
+    for root, prefix in ((REPO_ROOT, ""), (Path.home().resolve(), "~/")):
+        if resolved.is_relative_to(root):
+            return prefix + resolved.relative_to(root).as_posix()
+    return str(path)
