@@ -3,42 +3,30 @@
 The head is built from the primary tiny transformer's config.json (``embed_dim``,
 ``diff_width``, ``diff_depth``, ``num_sampling_steps``) and the tokenizer's ``z_channels``
 (Cvae), and loaded strictly from the ``diffloss.*`` keys of the EMA file, as sample.py
-uses the EMA weights. The call arguments below (guidance scale, temperatures) are the
-ones the fixture's descriptions state; every size comes from the config or the inputs.
+uses the EMA weights. Every call argument (guidance scale, temperature, the extra
+schedule's respacing) is read from the description of the tensor that call made
+(:mod:`hart_edu.parity.arguments`); every size comes from the config or the inputs, and
+the schedule arrays compared are the ones the fixture names.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 
 from hart_edu.checkpoint import load_weight_file, read_config
 from hart_edu.parity import Golden
+from hart_edu.parity.arguments import shared_argument
 from hart_edu.residual_diffusion import (
-    DiffusionHeadConfig,
     DiffusionSchedule,
     ResidualDiffusion,
     cosine_betas,
     strip_prefix,
 )
 
-CFG_SCALE = 4.5  # diff.net_forward_with_cfg, diff.p_sample_cfg.*, diff.sample.*
-NOCFG_TEMPERATURE = 0.8  # diff.p_sample_nocfg.*
-SCHEDULE_ARRAYS = (
-    "timestep_map",
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-)
-# sched.gen8.*: the released num_sampling_steps, which is the official class default.
-RELEASED_STEPS = next(f.default for f in dataclasses.fields(DiffusionHeadConfig) if f.name == "num_sampling_steps")
+
+def _argument(golden: Golden, names: list[str], key: str, kind, call: str):
+    """The ``key=`` argument of ``call(...)``, as the descriptions of ``names`` quote it."""
+    return shared_argument((golden.specs[n]["desc"] for n in names), key, kind, call)
 
 
 def load_head(golden: Golden) -> ResidualDiffusion:
@@ -50,40 +38,51 @@ def load_head(golden: Golden) -> ResidualDiffusion:
     return ResidualDiffusion.from_official(config, token_channels, state, source=f"{llm}/ema_model.bin")
 
 
-def _schedule_tensors(prefix: str, schedule: DiffusionSchedule) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{name}": getattr(schedule, name) for name in SCHEDULE_ARRAYS}
-
-
 @torch.no_grad()
 def produce(golden: Golden) -> dict[str, torch.Tensor]:
     head = load_head(golden)
     out: dict[str, torch.Tensor] = {}
 
-    # Schedules: the 1000-step training one, the config's respaced one, the released one.
-    base_betas = cosine_betas(head.config.training_steps)
-    out["sched.train.betas"] = head.train_schedule.betas
-    out["sched.train.alphas_cumprod"] = head.train_schedule.alphas_cumprod
-    out.update(_schedule_tensors("sched.gen", head.gen_schedule))
-    out.update(_schedule_tensors("sched.gen8", DiffusionSchedule.respaced(base_betas, RELEASED_STEPS)))
+    # Schedules, by the fixture's groups sched.<group>.<array>: "train" the 1000-step training
+    # one, "gen" the config's respaced one, any other the respacing its descriptions quote.
+    groups: dict[str, list[str]] = {}
+    for name in golden.names("sched."):
+        groups.setdefault(name.split(".")[1], []).append(name)
+    for group, names in groups.items():
+        if group == "train":
+            schedule = head.train_schedule
+        elif group == "gen":
+            schedule = head.gen_schedule
+        else:
+            steps = _argument(golden, names, "timestep_respacing", str, "create_diffusion")
+            schedule = DiffusionSchedule.respaced(cosine_betas(head.config.training_steps), steps)
+        for name in names:
+            out[name] = getattr(schedule, name.split(".", 2)[2])
 
     # The network alone (t on the original 1000-step scale).
     x, t, c, c_cfg = (golden.input(n) for n in ("diff.x", "diff.t", "diff.c", "diff.c_cfg"))
     out["diff.net_forward"] = head.net(x, t, c)
-    out["diff.net_forward_with_cfg"] = head.net.forward_with_cfg(x, t, c_cfg, CFG_SCALE)
+    cfg_scale = _argument(golden, ["diff.net_forward_with_cfg"], "cfg_scale", float, "forward_with_cfg")
+    out["diff.net_forward_with_cfg"] = head.net.forward_with_cfg(x, t, c_cfg, cfg_scale)
 
     # One guided step: p_mean_variance and p_sample with the stored noise.
     x_t, noise = golden.input("diff.p_sample.x_t"), golden.input("diff.p_sample.noise")
     t_cfg = golden.input("diff.p_sample_cfg.t")
-    pmv = head.p_mean_variance(x_t, t_cfg, c_cfg, cfg_scale=CFG_SCALE)
-    for field in ("mean", "variance", "log_variance", "pred_xstart"):
-        out[f"diff.p_sample_cfg.pmv_{field}"] = getattr(pmv, field)
-    step = head.p_sample(x_t, t_cfg, c_cfg, cfg_scale=CFG_SCALE, temperature=1.0, noise=noise)
+    pmv_names = golden.names("diff.p_sample_cfg.pmv_")
+    cfg_scale = _argument(golden, pmv_names, "cfg_scale", float, "p_mean_variance")
+    pmv = head.p_mean_variance(x_t, t_cfg, c_cfg, cfg_scale=cfg_scale)
+    for name in pmv_names:
+        out[name] = getattr(pmv, name.removeprefix("diff.p_sample_cfg.pmv_"))
+    called = ["diff.p_sample_cfg.sample"]
+    step = head.p_sample(x_t, t_cfg, c_cfg, cfg_scale=_argument(golden, called, "cfg_scale", float, "p_sample"),
+                         temperature=_argument(golden, called, "temperature", float, "p_sample"), noise=noise)
     out["diff.p_sample_cfg.sample"] = step.sample
     out["diff.p_sample_cfg.pred_xstart"] = step.pred_xstart
 
-    # One unguided step with mixed per-row t and temperature 0.8.
+    # One unguided step with mixed per-row t.
     t_mixed = golden.input("diff.p_sample_nocfg.t")
-    step = head.p_sample(x_t, t_mixed, c, temperature=NOCFG_TEMPERATURE, noise=noise)
+    temperature = _argument(golden, ["diff.p_sample_nocfg.sample"], "temperature", float, "p_sample")
+    step = head.p_sample(x_t, t_mixed, c, temperature=temperature, noise=noise)
     out["diff.p_sample_nocfg.sample"] = step.sample
     out["diff.p_sample_nocfg.pred_xstart"] = step.pred_xstart
 
@@ -91,6 +90,9 @@ def produce(golden: Golden) -> dict[str, torch.Tensor]:
     prefix = "diff.sample.noise."
     names = sorted(golden.names(prefix), key=lambda n: int(n[len(prefix):]))
     noises = [golden.input(n) for n in names]
-    result = head.sample(golden.input("diff.sample.z"), cfg=CFG_SCALE, temperature=1.0, noises=noises)
+    called = ["diff.sample.out"]
+    result = head.sample(golden.input("diff.sample.z"), noises=noises,
+                         cfg=_argument(golden, called, "cfg", float, "diffloss.sample"),
+                         temperature=_argument(golden, called, "temperature", float, "diffloss.sample"))
     out["diff.sample.out"] = result.tokens_NC
     return out

@@ -7,9 +7,12 @@ Every golden name of these groups reads ``<run>.<tensor>``, where ``<run>`` ends
 * ``var.<TAG>.finalF``       the variant ``tiny-official/llm-variant-<TAG>`` (main weights);
 * ``e2e.<ema|main>.finalF``  the primary model on the text encoder's outputs ``text.sys.*``.
 
-For each run we call :meth:`HARTTransformer.generate` once, greedy (the fixture's sampler is
-argmax == top_k=1), with ``cfg`` and ``num_maskgit_iters`` read from the tensors'
-descriptions, capture everything, and return what the fixture lists. Inputs read from the
+For each run we call :meth:`HARTTransformer.generate` once, greedy (every description says
+the fixture's sampler was greedy argmax; a sampled run could not be replayed), with the
+arguments of its ``autoregressive_infer_cfg(...)`` call (``cfg``, ``more_smooth``,
+``num_maskgit_iters``), ``final_stage`` and the diffusion ``temperature`` of its
+``diffloss.sample(...)`` call read from the tensors' descriptions
+(:mod:`hart_edu.parity.arguments`), capture everything, and return what the fixture lists. Inputs read from the
 fixture: the context, its mask and position ids, and the recorded diffusion noises
 ``<run>.noise.k`` (the official sampler drew them from the global RNG).
 
@@ -29,6 +32,7 @@ from hart_edu.ar_transformer import HARTTransformer, SamplingSettings, Transform
 from hart_edu.checkpoint import config_from_dict
 from hart_edu.hybrid_tokenizer import HybridTokenizer
 from hart_edu.parity import Golden
+from hart_edu.parity.arguments import shared_argument
 from hart_edu.parity.manifest import ManifestResult, compare_shapes
 
 GROUPS = ("t2i.", "var.", "e2e.")
@@ -41,13 +45,21 @@ CONTEXT_INPUTS = {
 RUN_RE = re.compile(r"^(?P<run>(?P<group>t2i|var|e2e)\.(?P<who>[^.]+)\.final(?P<final>[01]))\.(?P<key>.+)$")
 
 
-def _setting(descs: list[str], name: str, default: float) -> float:
-    """A ``name=value`` setting quoted in the descriptions (the first one found)."""
-    for desc in descs:
-        found = re.search(rf"\b{name}=([0-9.]+)", desc)
-        if found:
-            return float(found.group(1))
-    return default
+def _settings(run: str, descs: list[str]) -> SamplingSettings:
+    """The run's sampling settings, every one read from its tensors' descriptions (an argument
+    they never quote ran with its official default)."""
+    if not all("greedy" in desc for desc in descs):
+        raise ValueError(f"{run}: the fixture does not say its sampler was greedy; only greedy runs replay")
+    final_stage = shared_argument(descs, "final_stage", int)
+    # The official autoregressive_infer_cfg calls diffloss.sample(z, temperature=..., cfg=...)
+    # itself; some runs record that inner call too.
+    quoted = {"diffusion_temperature": shared_argument(descs, "temperature", float, "diffloss.sample",
+                                                       required=False)}
+    for key, kind in (("cfg", float), ("more_smooth", bool), ("num_maskgit_iters", int)):
+        quoted[key] = shared_argument(descs, key, kind, "autoregressive_infer_cfg", required=key == "cfg")
+    # An argument no description quotes ran with its official default, which SamplingSettings' is.
+    given = {key: value for key, value in quoted.items() if value is not None}
+    return SamplingSettings(greedy=True, final_stage=final_stage, **given)
 
 
 def _model_source(group: str, who: str) -> tuple[str, bool]:
@@ -93,20 +105,16 @@ def produce(golden: Golden) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for run, names in runs.items():
         match = RUN_RE.match(names[0])
-        group, who, final = match.group("group"), match.group("who"), int(match.group("final"))
+        group, who = match.group("group"), match.group("who")
         source = _model_source(group, who)
         if source not in models:
             models[source] = HARTTransformer.from_pretrained(golden.official(source[0]), ema=source[1])
-        descs = [golden.specs[n]["desc"] for n in names]
-        settings = SamplingSettings(
-            cfg=_setting(descs, "cfg", 1.5),
-            greedy=True,
-            final_stage=final,
-            num_maskgit_iters=int(_setting(descs, "num_maskgit_iters", 1)),
-        )
+        settings = _settings(run, [golden.specs[n]["desc"] for n in names])
+        if settings.final_stage != int(match.group("final")):
+            raise ValueError(f"{run}: the descriptions quote final_stage={settings.final_stage}")
         noise_names = sorted((n for n in names if re.search(r"\.noise\.\d+$", n)),
                              key=lambda n: int(n.rsplit(".", 1)[1]))
-        noises = [golden.input(n) for n in noise_names] if final == 0 else None
+        noises = [golden.input(n) for n in noise_names] if settings.final_stage == 0 else None
         context, mask, position_ids = (golden.input(n) for n in CONTEXT_INPUTS[group])
         result = models[source].generate(
             tokenizer, context, mask, position_ids, settings, diffusion_noises=noises, capture=True
