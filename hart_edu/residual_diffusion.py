@@ -53,6 +53,13 @@ timestep ``map[k]``)::
 
 Temperature scales only the noise, not the variance that is reported.
 
+Training (:meth:`ResidualDiffusion.training_loss`, next to :meth:`~ResidualDiffusion.sample`
+as in MAR's DiffLoss) uses the same p(x_{t-1} | x_t) (:meth:`~ResidualDiffusion.mean_variance`)
+on the 1000-step schedule, at one random t per row::
+
+    x_t  = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,    x_0 = target / vae_scale
+    loss = |eps - eps_theta|^2 + KL( q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t) ) / ln 2
+
 Classifier-free guidance
 ------------------------
 
@@ -105,6 +112,8 @@ __all__ = [
     "PSample",
     "DiffusionStep",
     "DiffusionSample",
+    "DiffusionLoss",
+    "discretized_gaussian_log_likelihood",
     "ResidualDiffusion",
     "strip_prefix",
 ]
@@ -505,6 +514,31 @@ class DiffusionSample(NamedTuple):
     steps: tuple[DiffusionStep, ...]
 
 
+class DiffusionLoss(NamedTuple):
+    """Result of :meth:`ResidualDiffusion.training_loss` (scalars)."""
+
+    loss: torch.Tensor  # mean over rows of mse + vb
+    mse: torch.Tensor  # mean |eps - eps_theta|^2
+    vb: torch.Tensor  # mean variational-bound term (bits per channel)
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) of a Gaussian integrated over a bin of width 2/255 around x (the edge bins
+    at |x| > 0.999 are open): IDDPM's decoder likelihood, in nats."""
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = approx_standard_normal_cdf(inv_std * (x - mean + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_std * (x - mean - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
 # --------------------------------------------------------------------------------------
 # The head: network + schedules + sampler
 # --------------------------------------------------------------------------------------
@@ -595,6 +629,34 @@ class ResidualDiffusion(nn.Module):
             return self.net(x_NC, t_original_N, c_ND)
         return self.net.forward_with_cfg(x_NC, t_original_N, c_ND, cfg_scale)
 
+    @staticmethod
+    def posterior_mean(s: DiffusionSchedule, x0_NC: torch.Tensor, x_t_NC: torch.Tensor,
+                       t_N: torch.Tensor) -> torch.Tensor:
+        """mu(x_0, x_t) = coef1_t x_0 + coef2_t x_t, the mean of q(x_{t-1} | x_t, x_0)."""
+        return s.gather("posterior_mean_coef1", t_N) * x0_NC + s.gather("posterior_mean_coef2", t_N) * x_t_NC
+
+    @classmethod
+    def mean_variance(cls, s: DiffusionSchedule, x_NC: torch.Tensor, t_N: torch.Tensor, eps_NC: torch.Tensor,
+                      v_NC: torch.Tensor, clip_denoised: bool) -> PMeanVariance:
+        """p(x_{t-1} | x_t) of schedule ``s`` from the network's eps and v (sampling and training).
+
+        log s2 = f log(beta) + (1 - f) log(~beta_clipped), f = (v + 1) / 2 (not clipped);
+        x_0^ = sqrt(1/alpha_bar) x_t - sqrt(1/alpha_bar - 1) eps (clamped to [-1, 1] when
+        ``clip_denoised``); mean = mu(x_0^, x_t).
+        """
+        min_log_N1 = s.gather("posterior_log_variance_clipped", t_N)
+        max_log_N1 = s.gather("log_betas", t_N)
+        frac_NC = (v_NC + 1) / 2
+        log_variance_NC = frac_NC * max_log_N1 + (1 - frac_NC) * min_log_N1
+        pred_xstart_NC = (
+            s.gather("sqrt_recip_alphas_cumprod", t_N) * x_NC
+            - s.gather("sqrt_recipm1_alphas_cumprod", t_N) * eps_NC
+        )
+        if clip_denoised:
+            pred_xstart_NC = pred_xstart_NC.clamp(-1, 1)
+        mean_NC = cls.posterior_mean(s, pred_xstart_NC, x_NC, t_N)
+        return PMeanVariance(mean_NC, torch.exp(log_variance_NC), log_variance_NC, pred_xstart_NC)
+
     def p_mean_variance(
         self,
         x_NC: torch.Tensor,
@@ -613,30 +675,9 @@ class ResidualDiffusion(nn.Module):
         self._check_c(c_ND, n)
         if cfg_scale is not None:
             self._check_cfg_rows(n)
-        s = self.gen_schedule
         out_N2C = self.model_output(x_NC, t_N, c_ND, cfg_scale)
         eps_NC, v_NC = out_N2C[:, : self.token_channels], out_N2C[:, self.token_channels:]
-
-        # log s2 = f log(beta) + (1 - f) log(~beta_clipped), f = (v + 1) / 2 (not clipped)
-        min_log_N1 = s.gather("posterior_log_variance_clipped", t_N)
-        max_log_N1 = s.gather("log_betas", t_N)
-        frac_NC = (v_NC + 1) / 2
-        log_variance_NC = frac_NC * max_log_N1 + (1 - frac_NC) * min_log_N1
-
-        # x_0^ = clamp(sqrt(1/alpha_bar) x_t - sqrt(1/alpha_bar - 1) eps, -1, 1)
-        pred_xstart_NC = (
-            s.gather("sqrt_recip_alphas_cumprod", t_N) * x_NC
-            - s.gather("sqrt_recipm1_alphas_cumprod", t_N) * eps_NC
-        )
-        if clip_denoised:
-            pred_xstart_NC = pred_xstart_NC.clamp(-1, 1)
-
-        # mean = coef1 x_0^ + coef2 x_t
-        mean_NC = (
-            s.gather("posterior_mean_coef1", t_N) * pred_xstart_NC
-            + s.gather("posterior_mean_coef2", t_N) * x_NC
-        )
-        return PMeanVariance(mean_NC, torch.exp(log_variance_NC), log_variance_NC, pred_xstart_NC)
+        return self.mean_variance(self.gen_schedule, x_NC, t_N, eps_NC, v_NC, clip_denoised)
 
     def p_sample(
         self,
@@ -731,6 +772,55 @@ class ResidualDiffusion(nn.Module):
             if return_steps:
                 steps.append(DiffusionStep(t, int(self.gen_schedule.timestep_map[t]), x_NC, pred_xstart_NC))
         return DiffusionSample(x_NC * self.vae_scale, x_NC, tuple(used), tuple(steps))
+
+    # ---- training (MAR's DiffLoss.forward) -----------------------------------------------
+
+    def training_loss(self, target_NC: torch.Tensor, z_ND: torch.Tensor, generator: torch.Generator | None,
+                      t_N: torch.Tensor | None = None, noise_NC: torch.Tensor | None = None) -> DiffusionLoss:
+        """The head's loss on true residual tokens ``target_NC`` conditioned on ``z_ND``: one
+        random timestep per row on the 1000-step ``train_schedule`` (IDDPM ``training_losses``
+        with the learned-range variance, as MAR trains it).
+
+        With x_0 = target / vae_scale, t ~ U{0..T-1}, eps ~ N(0, I)::
+
+            x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                      (q_sample)
+            [eps_theta | v] = net(x_t, t, z)
+            mse = mean_c (eps - eps_theta)^2
+            vb  = KL( q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t) ) / ln 2   (t > 0)
+                = -log p(x_0 | x_1) / ln 2 (discretised Gaussian)          (t = 0)
+
+        p is :meth:`mean_variance`, the sampler's, with eps_theta *detached* (the variance is
+        learnt through vb only, the mean through mse) and no clipping of x_0. Returns the mean
+        over rows of mse + vb. ``t_N`` / ``noise_NC`` replace the draws (for tests); what is not
+        given is drawn from ``generator``, t first.
+        """
+        s = self.train_schedule
+        self._check_x(target_NC, "target")
+        N, C = target_NC.shape
+        self._check_c(z_ND, N, "z")
+        device = target_NC.device
+        x0_NC = target_NC.float() / self.vae_scale
+        if (t_N is None or noise_NC is None) and generator is None:
+            raise ValueError("training_loss draws t and the noise: pass generator= (or both t_N and noise_NC)")
+        if t_N is None:
+            t_N = torch.randint(0, s.num_steps, (N,), generator=generator, device=generator.device).to(device)
+        eps_NC = noise_NC if noise_NC is not None else \
+            torch.randn((N, C), generator=generator, device=generator.device).to(device)
+        abar_N1 = s.gather("alphas_cumprod", t_N)
+        x_t_NC = abar_N1.sqrt() * x0_NC + (1 - abar_N1).sqrt() * eps_NC  # q_sample
+
+        out_N2C = self.net(x_t_NC, s.timestep_map.to(device)[t_N], z_ND).float()
+        eps_pred_NC, v_NC = out_N2C[:, :C], out_N2C[:, C:]
+        mse_N = (eps_NC - eps_pred_NC).pow(2).mean(dim=1)
+
+        model = self.mean_variance(s, x_t_NC, t_N, eps_pred_NC.detach(), v_NC, clip_denoised=False)
+        true_mean_NC = self.posterior_mean(s, x0_NC, x_t_NC, t_N)  # q(x_{t-1} | x_t, x_0)
+        true_log_var_N1 = s.gather("posterior_log_variance_clipped", t_N)
+        kl_NC = 0.5 * (-1.0 + model.log_variance - true_log_var_N1 + torch.exp(true_log_var_N1 - model.log_variance)
+                       + (true_mean_NC - model.mean).pow(2) * torch.exp(-model.log_variance))
+        nll_NC = -discretized_gaussian_log_likelihood(x0_NC, model.mean, 0.5 * model.log_variance)
+        vb_N = torch.where(t_N == 0, nll_NC.mean(dim=1), kl_NC.mean(dim=1)) / math.log(2.0)
+        return DiffusionLoss((mse_N + vb_N).mean(), mse_N.mean(), vb_N.mean())
 
     def extra_repr(self) -> str:
         c = self.config

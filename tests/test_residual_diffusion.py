@@ -220,3 +220,39 @@ def test_clear_errors_for_bad_input():
         DiffusionHeadConfig(token_channels=4, z_channels=8, sampler="ddim")
     with pytest.raises(ValueError, match="num_sampling_steps"):
         DiffusionHeadConfig(token_channels=4, z_channels=8, num_sampling_steps=8)
+
+
+class _PerfectNet(torch.nn.Module):
+    """Returns the true noise and v = -1 (variance = the true posterior variance)."""
+
+    def __init__(self, eps_NC):
+        super().__init__()
+        self.eps_NC = eps_NC
+
+    def forward(self, x_NC, t_N, c_ND):
+        return torch.cat([self.eps_NC, -torch.ones_like(self.eps_NC)], dim=1)
+
+
+def test_training_loss_vanishes_for_the_true_noise_and_posterior():
+    head = ResidualDiffusion(DiffusionHeadConfig(token_channels=4, z_channels=8, width=16, depth=1))
+    g = torch.Generator().manual_seed(0)
+    target, z = torch.randn(64, 4, generator=g) * 0.3, torch.randn(64, 8, generator=g)
+    t_N, eps = torch.randint(1, 1000, (64,), generator=g), torch.randn(64, 4, generator=g)
+    head.net = _PerfectNet(eps)
+    out = head.training_loss(target, z, None, t_N=t_N, noise_NC=eps)
+    assert float(out.mse) == 0.0
+    assert abs(float(out.vb)) < 1e-3, float(out.vb)
+    # a wrong noise prediction costs both terms
+    head.net = _PerfectNet(eps + 0.5)
+    worse = head.training_loss(target, z, None, t_N=t_N, noise_NC=eps)
+    assert float(worse.mse) == pytest.approx(0.25, rel=1e-5) and float(worse.vb) > 0.01
+
+
+def test_training_loss_draws_from_the_generator_only():
+    head = ResidualDiffusion(DiffusionHeadConfig(token_channels=4, z_channels=8, width=16, depth=1))
+    target, z = torch.randn(32, 4), torch.randn(32, 8)
+    a = head.training_loss(target, z, torch.Generator().manual_seed(5))
+    b = head.training_loss(target, z, torch.Generator().manual_seed(5))
+    assert torch.equal(a.loss, b.loss)
+    with pytest.raises(ValueError, match="generator"):
+        head.training_loss(target, z, None)

@@ -35,7 +35,8 @@ What one step computes (B images, S scales, l = p_{S-1}^2 last-scale tokens)
 3. The diffusion loss on the last scale's residual tokens, conditioned per token on
    ``z = decoder_norm(h_last + word_embed(e(idx_true)))`` (the same z inference builds from
    the sampled codes), every token repeated ``diffusion_batch_mul`` times with its own draw
-   of (t, eps) (IDDPM / MAR ``DiffLoss``, see :func:`diffusion_loss`)::
+   of (t, eps) (IDDPM / MAR ``DiffLoss``, see
+   :meth:`hart_edu.residual_diffusion.ResidualDiffusion.training_loss`)::
 
        x_0 = r / 0.6,   t ~ U{0..999},   x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
        L_diff = |eps - eps_theta(x_t, t, z)|^2  +  L_vb(v_theta)      (per token, averaged)
@@ -72,7 +73,7 @@ from hart_edu.ar_transformer import MODEL_TYPE, HARTTransformer, TransformerConf
 from hart_edu.checkpoint import config_to_dict
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer
-from hart_edu.residual_diffusion import ResidualDiffusion
+from hart_edu.residual_diffusion import DiffusionLoss
 from hart_edu.text_encoder import (
     PIP_TEXT_ENCODERS,
     TEXT_ENCODER_POINTER,
@@ -89,8 +90,6 @@ __all__ = [
     "TrainSettings",
     "tiny_config",
     "unconditional_context",
-    "DiffusionLoss",
-    "diffusion_loss",
     "StepLosses",
     "EncodedScenes",
     "encode_scenes",
@@ -222,89 +221,6 @@ def unconditional_context(context_BTD: torch.Tensor, mask_BT: torch.Tensor, posi
 
 
 # --------------------------------------------------------------------------------------
-# The diffusion loss (IDDPM training_losses with the learned-range variance, as in MAR)
-# --------------------------------------------------------------------------------------
-
-
-class DiffusionLoss(NamedTuple):
-    loss: torch.Tensor  # scalar: mean over rows of mse + vb
-    mse: torch.Tensor  # scalar: mean |eps - eps_theta|^2
-    vb: torch.Tensor  # scalar: mean variational-bound term (bits per channel)
-
-
-def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    """Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2."""
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
-
-
-def _discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log P(x) of a Gaussian integrated over a bin of width 2/255 around x (the edge bins
-    at |x| > 0.999 are open): IDDPM's decoder likelihood, in nats."""
-    inv_std = torch.exp(-log_scale)
-    cdf_plus = _approx_standard_normal_cdf(inv_std * (x - mean + 1.0 / 255.0))
-    cdf_min = _approx_standard_normal_cdf(inv_std * (x - mean - 1.0 / 255.0))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
-
-
-def diffusion_loss(head: ResidualDiffusion, target_NC: torch.Tensor, z_ND: torch.Tensor,
-                   generator: torch.Generator | None, t_N: torch.Tensor | None = None,
-                   noise_NC: torch.Tensor | None = None) -> DiffusionLoss:
-    """MAR's ``DiffLoss.forward``: one random timestep per row on the 1000-step schedule.
-
-    With x_0 = target / vae_scale, t ~ U{0..T-1}, eps ~ N(0, I)::
-
-        x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                      (q_sample)
-        [eps_theta | v] = net(x_t, t, z)
-        mse = mean_c (eps - eps_theta)^2
-        vb  = KL( q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t) ) / ln 2   (t > 0)
-            = -log p(x_0 | x_1) / ln 2 (discretised Gaussian)          (t = 0)
-
-    where p's mean uses eps_theta *detached* (the variance is learnt through vb only, the
-    mean through mse) and its log-variance is f log beta_t + (1 - f) log ~beta_t,
-    f = (v + 1)/2 (learned range, as in :meth:`ResidualDiffusion.p_mean_variance`; no
-    clipping of x_0 during training). Returns the mean over rows of mse + vb.
-
-    ``t_N`` / ``noise_NC`` replace the draws (for tests); what is not given is drawn from
-    ``generator``.
-    """
-    s = head.train_schedule
-    N, C = target_NC.shape
-    device = target_NC.device
-    x0_NC = target_NC.float() / head.vae_scale
-    if (t_N is None or noise_NC is None) and generator is None:
-        raise ValueError("diffusion_loss draws t and the noise: pass generator= (or both t_N and noise_NC)")
-    if t_N is None:
-        t_N = torch.randint(0, s.num_steps, (N,), generator=generator, device=generator.device).to(device)
-    eps_NC = noise_NC if noise_NC is not None else \
-        torch.randn((N, C), generator=generator, device=generator.device).to(device)
-    abar_N1 = s.gather("alphas_cumprod", t_N)
-    x_t_NC = abar_N1.sqrt() * x0_NC + (1 - abar_N1).sqrt() * eps_NC  # q_sample
-
-    out_N2C = head.net(x_t_NC, s.timestep_map.to(device)[t_N], z_ND).float()
-    eps_pred_NC, v_NC = out_N2C[:, :C], out_N2C[:, C:]
-    mse_N = (eps_NC - eps_pred_NC).pow(2).mean(dim=1)
-
-    # p(x_{t-1} | x_t): mean from the detached eps, learned-range log-variance from v
-    x0_pred_NC = s.gather("sqrt_recip_alphas_cumprod", t_N) * x_t_NC \
-        - s.gather("sqrt_recipm1_alphas_cumprod", t_N) * eps_pred_NC.detach()
-    coef1_N1, coef2_N1 = s.gather("posterior_mean_coef1", t_N), s.gather("posterior_mean_coef2", t_N)
-    model_mean_NC = coef1_N1 * x0_pred_NC + coef2_N1 * x_t_NC
-    min_log_N1 = s.gather("posterior_log_variance_clipped", t_N)
-    frac_NC = (v_NC + 1) / 2
-    model_log_var_NC = frac_NC * s.gather("log_betas", t_N) + (1 - frac_NC) * min_log_N1
-    # q(x_{t-1} | x_t, x_0): the true posterior
-    true_mean_NC = coef1_N1 * x0_NC + coef2_N1 * x_t_NC
-    kl_NC = 0.5 * (-1.0 + model_log_var_NC - min_log_N1 + torch.exp(min_log_N1 - model_log_var_NC)
-                   + (true_mean_NC - model_mean_NC).pow(2) * torch.exp(-model_log_var_NC))
-    nll_NC = -_discretized_gaussian_log_likelihood(x0_NC, model_mean_NC, 0.5 * model_log_var_NC)
-    vb_N = torch.where(t_N == 0, nll_NC.mean(dim=1), kl_NC.mean(dim=1)) / math.log(2.0)
-    return DiffusionLoss((mse_N + vb_N).mean(), mse_N.mean(), vb_N.mean())
-
-
-# --------------------------------------------------------------------------------------
 # The frozen encodings of the training set
 # --------------------------------------------------------------------------------------
 
@@ -420,7 +336,7 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
         mul = cfg.diffusion_batch_mul
         z_MC = z_BlC.reshape(B * l, -1).repeat(mul, 1)
         target_MC = enc.residual_NlC[rows_B].reshape(B * l, -1).repeat(mul, 1)
-        diff = diffusion_loss(model.diffloss, target_MC, z_MC, generator)
+        diff = model.diffloss.training_loss(target_MC, z_MC, generator)
     accuracy = float((out.logits_BLV.argmax(-1) == idx_BK).float().mean())
     return StepLosses((ce_BK * ce_weights_K).mean() + diff.loss, ce_BK.mean(), diff, accuracy)
 
