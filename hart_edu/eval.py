@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from hart_edu.data.scenes import Scene, heldout_scenes, score_images
+from hart_edu.images import to_model_range, to_output_range
 
 __all__ = [
     "ATTRIBUTES",
@@ -123,7 +124,7 @@ def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Genera
         out = pipe([s.caption for s in scenes], cfg=cfg, residual=residual, more_smooth=more_smooth,
                    top_k=top_k or None, top_p=top_p or None, greedy=greedy, quirks=quirks,
                    generator=generator, progress=False, given_indices=given)
-        return out.image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the checker's range
+        return to_model_range(out.image_B3HW)  # the checker reads [-1, 1]
 
     return generate
 
@@ -151,7 +152,7 @@ def save_grid(result: EvalResult, path: Path, count: int = 24, columns: int = 6)
         img_3HW, scene = result.images_B3HW[i], result.scenes[i]
         ok = check_image(img_3HW, scene).correct
         ax = axes.flat[i]
-        ax.imshow(((img_3HW.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy())
+        ax.imshow(to_output_range(img_3HW.clamp(-1, 1)).permute(1, 2, 0).numpy())
         words = scene.caption.replace(" background", "").split(" ")
         lines = [" ".join(words[j:j + 4]) for j in range(0, len(words), 4)]
         ax.set_title("\n".join(lines), fontsize=6.5, color="black" if ok else "red")

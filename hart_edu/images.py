@@ -1,6 +1,13 @@
 """Image helpers shared by the demo, the training scripts and the notebooks.
 
-Convention everywhere in hart_edu: an image is a float tensor (3, H, W) in [-1, 1].
+Two value ranges, each with one job:
+
+* **model range [-1, 1]**: what the tokenizer encodes and decodes, the scenes are drawn in,
+  and the checker and PSNR read (``load_image``, ``to_pil``, ``psnr``, ``hart_edu.data.scenes``);
+* **output range [0, 1]**: what :class:`hart_edu.sampler.HARTPipeline` returns
+  (``image_B3HW``), as the official ``sample.py`` does before saving pixels.
+
+:func:`to_output_range` and :func:`to_model_range` are the only conversions between them.
 """
 
 from __future__ import annotations
@@ -10,6 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def to_output_range(image_B3HW: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]: ``(x + 1) / 2`` (the decoder's output as the pipeline returns it)."""
+    return (image_B3HW + 1) * 0.5
+
+
+def to_model_range(image_B3HW: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]: ``2 x - 1`` (a pipeline image as the checker and the tokenizer read it)."""
+    return image_B3HW * 2 - 1
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:

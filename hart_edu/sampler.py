@@ -83,6 +83,7 @@ from hart_edu.text_encoder import (
     TEXT_ENCODER_POINTER,
     TextEncoder,
     TextEncoding,
+    check_prompts,
     read_text_encoder_pointer,
 )
 
@@ -153,16 +154,7 @@ def check_sample_request(
     [0, MAX_CFG]. ``top_k``: None or 0 (off) or a positive int. ``top_p``: None (off) or in
     (0, 1]. ``num_images_per_prompt`` >= 1.
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, Sequence):
-        raise ValueError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts: the prompt list is empty")
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt {i} is a {type(prompt).__name__}, not a string: {prompt!r}")
+    prompts = check_prompts([prompts] if isinstance(prompts, str) else prompts)
     if not isinstance(cfg, numbers.Real) or isinstance(cfg, bool) or not math.isfinite(cfg):
         raise ValueError(f"cfg={cfg!r} must be a finite number in [0, {MAX_CFG:g}]")
     if not 0.0 <= cfg <= MAX_CFG:

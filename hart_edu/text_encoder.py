@@ -64,6 +64,7 @@ __all__ = [
     "DEFAULT_MAX_LENGTH",
     "TextEncoding",
     "TextEncoder",
+    "check_prompts",
     "load_text_model",
     "pad_token_ids",
     "context_mask",
@@ -120,6 +121,25 @@ class TextEncoding(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # The steps, one function each
 # --------------------------------------------------------------------------------------------
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """The prompts as a list, checked: a non-empty sequence of strings (not one string).
+
+    The one prompt check of hart_edu (the pipeline wraps a single string first); every
+    violation is a ValueError naming the bad prompt.
+    """
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, not one string: use [prompt]")
+    if not isinstance(prompts, Sequence):
+        raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts: the prompt list is empty")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {i} is a {type(prompt).__name__}, not a string: {prompt!r}")
+    return prompts
 
 
 def pad_token_ids(
@@ -361,7 +381,7 @@ class TextEncoder:
                 stacklevel=2,
             )
         if system_prompt is not None and not isinstance(system_prompt, str):
-            raise TypeError(
+            raise ValueError(
                 f"system_prompt must be a string or None, got {type(system_prompt).__name__}"
             )
         self.model = model
@@ -432,14 +452,7 @@ class TextEncoder:
 
     def encode(self, prompts: Sequence[str]) -> TextEncoding:
         """Encode B prompt strings -> :class:`TextEncoding` with T = max_length."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not one string: use [prompt]")
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("no prompts: the prompt list is empty")
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompt {i} is a {type(prompt).__name__}, not a string: {prompt!r}")
+        prompts = check_prompts(prompts)
         ids_per_prompt = [self._tokenize(p, f"prompt {i}") for i, p in enumerate(prompts)]
         return encode_id_lists(
             self.model,

@@ -239,7 +239,7 @@ class QuantizerOutput(NamedTuple):
     fhat_BChw: torch.Tensor  #: quantized latent, straight-through (gradients reach the encoder)
     idx_Bl: list[torch.Tensor]
     vq_loss: torch.Tensor  #: mean over scales of (beta * ||sg(fhat) - f||^2 + ||fhat - sg(f)||^2)
-    usage: float  #: percent of codes hit at least once over all scales
+    fraction_used: float  #: share of the V codes hit at least once over all scales (as Usage)
 
 
 def _resize(x_BChw: torch.Tensor, size: int, mode: str) -> torch.Tensor:
@@ -394,5 +394,5 @@ class MultiScaleResidualQuantizer(nn.Module):
         if self.hybrid and keep_residual:
             fhat_BChw = fhat_BChw + (f_BChw.detach() - fhat_BChw).detach()
         hits_V = torch.bincount(torch.cat([i.flatten() for i in idx_Bl]), minlength=self.vocab_size)
-        usage = float((hits_V > 0).float().mean() * 100)
-        return QuantizerOutput(straight_through(f_BChw, fhat_BChw), idx_Bl, vq_loss / self.num_scales, usage)
+        fraction_used = float((hits_V > 0).float().mean())
+        return QuantizerOutput(straight_through(f_BChw, fhat_BChw), idx_Bl, vq_loss / self.num_scales, fraction_used)

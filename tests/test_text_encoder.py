@@ -227,7 +227,7 @@ def test_empty_prompt_list_is_an_error(load_encoder):
 @pytest.mark.parametrize("prompts", [["w1", 3], [None], "w1 w2"])
 def test_non_string_prompt_is_an_error(load_encoder, prompts):
     encoder = load_encoder(max_length=8, system_prompt=None)
-    with pytest.raises(TypeError, match="string"):
+    with pytest.raises(ValueError, match="string"):
         encoder(prompts)
 
 

@@ -181,11 +181,11 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
             restarted = _restart_dead_codes(tok, hits_V, f_BChw.detach(), g)
             hits_V.zero_()
         history.append({"step": step, "loss": float(loss), "recon_mse": float(rec_loss),
-                        "vq_loss": float(q.vq_loss), "usage_percent": q.usage,
+                        "vq_loss": float(q.vq_loss), "codebook_used_fraction": q.fraction_used,
                         "hybrid_step": keep_residual, "restarted_codes": restarted})
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}", usage=f"{q.usage:.0f}%")
+        bar.set_postfix(loss=f"{float(loss):.4f}", usage=f"{q.fraction_used:.0%}")
         if step % 200 == 0 or step == s.steps:
             torch.save({"model": tok.state_dict(), "optimizer": opt.state_dict(),
                         "generator": g.get_state(), "step": step, "hits": hits_V,
@@ -216,8 +216,8 @@ def save_report(report: dict, history: list[dict], folder: Path) -> None:
         ax[0].plot(*zip(*pts), label=label, lw=0.8)
     ax[0].set(yscale="log", xlabel="step", ylabel="reconstruction MSE", title="tokenizer training")
     ax[0].legend()
-    ax[1].plot([h["step"] for h in history], [h["usage_percent"] for h in history], lw=0.8)
-    ax[1].set(xlabel="step", ylabel="% codes used in the batch", title="codebook usage")
+    ax[1].plot([h["step"] for h in history], [h["codebook_used_fraction"] for h in history], lw=0.8)
+    ax[1].set(xlabel="step", ylabel="share of codes used in the batch", title="codebook usage")
     fig.tight_layout()
     fig.savefig(folder / "tokenizer_training.png", dpi=100)
     plt.close(fig)
