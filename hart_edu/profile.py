@@ -2,35 +2,40 @@ r"""``hart-edu profile``: where the time of one HART generation goes, phase by p
 
 The counterpart of the official ``latency_profile.py`` (which times ``encode_prompts`` +
 ``autoregressive_infer_cfg`` as one number, averaged over 100 runs after 50 warm-up runs under
-float16 autocast). Here the same work is split into the phases of the pipeline::
+float16 autocast). Here the same work, one call of the real
+:class:`~hart_edu.sampler.HARTPipeline`, is split into its phases (:mod:`hart_edu.timing`)::
 
+    before text            the call's checks, the prompts' tokenization
     text encoding          Qwen2 over [system prompt ; prompt padded to T = 300] tokens
     scale 1x1 .. 64x64     one transformer stage each: 16 blocks over the stage's tokens
-                           (KV cache), logits, CFG, top-k, draw (the last one without the
+                           (KV cache), logits, CFG, top-k, draw (the last one up to the
                            residual diffusion below)
     residual diffusion     the 37M-parameter MLP head, 8 denoising steps on every last-scale token
     VAE decode             the tokenizer's decoder, 64x64x32 latent -> 1024x1024 image
+    after decode           the images as uint8 and PIL, the pipeline's output
 
-and timed for each kernel backend asked for (``--backends reference,triton``, chosen with
-:func:`hart_edu.kernels.backend.use_backend`, never silently) at each batch size (latency at
-batch 1, throughput = images / second at batch 8, the paper's two figures: 0.75 s and
-2.23 images/s on an A100). The models are the *released architecture* with **random
-weights** (seeded, drawn directly on the device in the chosen dtype), so no download is
-needed: the timing of a dense network does not depend on the values of its weights.
+and timed for each kernel backend asked for (``--backends reference,triton``, the pipeline's
+``backend``, never switched silently) at each batch size (latency at batch 1, throughput =
+images / second at batch 8, the paper's two figures: 0.75 s and 2.23 images/s on an A100).
+The models are the *released architecture* with **random weights** (seeded, drawn directly
+on the device in the chosen dtype), so no download is needed: the timing of a dense network
+does not depend on the values of its weights. ``hart-edu run-real`` times the same pipeline
+with the same :class:`~hart_edu.timing.PhaseTimer`, once, with memory, on a CPU.
 
 What is measured, and how
 -------------------------
-* One run = text encoding + ``HARTTransformer.generate`` (all scales, the residual diffusion,
-  the VAE decode), the work ``latency_profile.py`` times. The phase boundaries come from the
-  ``on_stage_end(si)`` hook of ``generate``, plus a wrapper around the diffusion head's
-  ``sample`` (installed on the instance for the run and removed afterwards).
+* One run = ``pipe(prompts)`` at sample.py's defaults (cfg 4.5, more_smooth, the residual
+  diffusion): B different prompts of ``prompt_tokens`` words each, behind a system prompt of
+  ``--system-tokens`` words, read by a stand-in word-level tokenizer (one token per word).
+  The phase boundaries are forward hooks on the pipeline's parts
+  (:class:`hart_edu.timing.PhaseTimer`): nothing in the measured code is replaced.
 * On CUDA the boundaries are CUDA events recorded on the stream (no synchronisation inside
   the run, so the phases do not perturb each other); ``torch.cuda.synchronize`` before the
   run starts and after it ends. On the CPU: ``time.perf_counter``.
 * ``--warmup`` runs first (not recorded: Triton compiles its kernels, cuDNN picks its
   algorithms), then ``--repeats`` runs; every figure is the **median** over the repeats, and
   the phases of a run add up exactly to its total.
-* Weights and activations are in ``--dtype`` (bfloat16 or float16) under
+* Weights are in ``--dtype`` (bfloat16 or float16) and the pipeline runs under
   ``torch.autocast`` of the same dtype (so the float32 parts of the pipeline, e.g. the text
   context and the RoPE angles, meet the half-precision weights as in the official run).
 * Under the Triton backend one extra warm-up run counts the launches of each Triton kernel;
@@ -59,7 +64,6 @@ import importlib
 import pkgutil
 import platform
 import statistics
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +71,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from hart_edu.text_encoder import HART_SYSTEM_PROMPT
+from hart_edu.timing import Clock, PhaseTimer, phase_names
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_STD = 0.02  # N(0, 0.02^2) matrices (the usual transformer init); norm gains 1, biases 0
@@ -134,15 +141,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 # The official system prompt is put in front of every prompt. Without the Qwen2 tokenizer
 # its exact token count is unknown here; English BPE text averages about 4 bytes a token.
 def estimated_system_tokens() -> int:
-    from hart_edu.text_encoder import HART_SYSTEM_PROMPT
-
     return len(HART_SYSTEM_PROMPT.encode("utf-8")) // 4
-
-
-def phase_names(patch_nums: Sequence[int]) -> list[str]:
-    """The phases of one run, in order; they add up to the run's total."""
-    return (["text encoding"] + [f"scale {p}x{p}" for p in patch_nums]
-            + ["residual diffusion", "VAE decode"])
 
 
 # --------------------------------------------------------------------------------------
@@ -208,11 +207,6 @@ class Models:
     tokenizer: Any  # HybridTokenizer
     pad_token_id: int
 
-    def parameter_counts(self) -> dict[str, int]:
-        count = lambda m: sum(p.numel() for p in m.parameters())
-        return {"text encoder": count(self.text_model), "transformer (with diffusion head)": count(self.transformer),
-                "diffusion head": count(self.transformer.diffloss), "tokenizer": count(self.tokenizer)}
-
 
 def build_models(arch: Architecture, device: torch.device, dtype: torch.dtype, seed: int) -> Models:
     """Build ``arch`` with random weights (seed ``seed``) on ``device`` in ``dtype``."""
@@ -236,114 +230,75 @@ def build_models(arch: Architecture, device: torch.device, dtype: torch.dtype, s
     return Models(text_model, transformer, tokenizer, pad_token_id=q_config.vocab_size - 1)
 
 
+def _word_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A whitespace word-level tokenizer standing in for Qwen2's BPE tokenizer: every word
+    of ``texts`` gets its own id below ``vocab_size``; the last id is the pad."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for text in texts for w in text.split()})[: vocab_size - 2]
+    vocab = {"<unk>": 0, "<pad>": vocab_size - 1} | {w: 1 + i for i, w in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
+
+
+def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch.dtype | None = None, seed: int = 0,
+                            prompts: Sequence[str] = (), release_text_encoder: bool = False,
+                            device: torch.device | str = "cpu",
+                            system_prompt: str | None = HART_SYSTEM_PROMPT):
+    """A :class:`~hart_edu.sampler.HARTPipeline` of ``ARCHITECTURES[size]`` (or ``size`` itself
+    when it is an :class:`Architecture`; "1024px": the
+    released model, "1024px-depth24": the manifest's other hypothesis, "tiny") with seeded
+    random weights in ``dtype`` (default bfloat16) on ``device`` (default the CPU).
+
+    The text encoder's tokenizer is a stand-in that knows the words of ``prompts`` and of
+    ``system_prompt`` (one id per whitespace-separated word; the real Qwen2 tokenizer comes
+    with the download). ``system_prompt``: default the official one, dropped when it has
+    more words than the transformer takes text positions; None: none.
+    ``release_text_encoder``: the pipeline's option (free the text encoder after the first
+    call has encoded its prompts)."""
+    from hart_edu.sampler import HARTPipeline, check_dtype
+    from hart_edu.text_encoder import TextEncoder
+
+    dtype = check_dtype(torch.bfloat16 if dtype is None else dtype)
+    if not isinstance(size, Architecture) and size not in ARCHITECTURES:
+        raise ValueError(f"unknown size {size!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
+    arch = size if isinstance(size, Architecture) else ARCHITECTURES[size]
+    models = build_models(arch, torch.device(device), dtype, seed)
+    T = models.transformer.config.context_token
+    words = _word_tokenizer([system_prompt or "", *prompts], models.text_model.config.vocab_size)
+    if system_prompt is not None and len(system_prompt.split()) > T:
+        system_prompt = None
+    encoder = TextEncoder(models.text_model, words, max_length=T, system_prompt=system_prompt)
+    return HARTPipeline(encoder, models.transformer, models.tokenizer, release_text_encoder=release_text_encoder)
+
+
+def parameter_counts(pipe: Any) -> dict[str, int]:
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    return {"text encoder": count(pipe.text_encoder.model), "transformer (with diffusion head)": count(pipe.transformer),
+            "diffusion head": count(pipe.transformer.diffloss), "tokenizer": count(pipe.tokenizer)}
+
+
 # --------------------------------------------------------------------------------------
 # Timing one run
 # --------------------------------------------------------------------------------------
 
 
-class Clock:
-    """Time stamps on ``device``'s timeline: CUDA events on the current stream, or
-    ``time.perf_counter`` on the CPU. ``seconds(a, b)`` is valid after :meth:`finish`."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def start(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def mark(self) -> Any:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def finish(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def seconds(self, a: Any, b: Any) -> float:
-        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+def random_words(n: int, words: int, prefix: str, generator: torch.Generator) -> list[str]:
+    """``n`` texts of ``words`` random words each (``w17 w3 ...``): as many text tokens for the
+    stand-in tokenizer."""
+    ids = torch.randint(0, 10 * max(1, n * words), (n, words), generator=generator).tolist()
+    return [" ".join(f"{prefix}{i}" for i in row) for row in ids]
 
 
-@contextlib.contextmanager
-def _around_method(obj: Any, name: str, before: Callable[[], None], after: Callable[[], None]) -> Iterator[None]:
-    """Call ``before()`` / ``after()`` around every ``obj.name(...)`` inside the block (an
-    instance attribute shadowing the method; removed when the block ends)."""
-    method = getattr(obj, name)
-
-    def wrapped(*args, **kwargs):
-        before()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            after()
-
-    setattr(obj, name, wrapped)
-    try:
-        yield
-    finally:
-        delattr(obj, name)
-
-
-@dataclass
-class Workload:
-    """The inputs of one run at batch B: token ids, the system prompt, sampling settings."""
-
-    ids_per_prompt: list[list[int]]
-    system_ids: list[int]
-    cfg: float = 4.5  # sample.py's default
-    seed: int = 0
-
-
-def make_workload(arch: Architecture, models: Models, batch: int, system_tokens: int, seed: int) -> Workload:
-    """Random prompt and system-prompt ids (never the pad id), drawn with a CPU generator."""
-    g = torch.Generator().manual_seed(seed)
-    high = models.pad_token_id  # ids in [0, pad): the pad id is the last one
-    ids = torch.randint(0, high, (batch, arch.prompt_tokens), generator=g).tolist()
-    system_ids = torch.randint(0, high, (system_tokens,), generator=g).tolist()
-    return Workload(ids, system_ids, seed=seed)
-
-
-def run_once(models: Models, work: Workload, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """One generation (text encoding to image); returns seconds per phase (see :func:`phase_names`)."""
-    from hart_edu.ar_transformer import SamplingSettings
-    from hart_edu.text_encoder import encode_id_lists
-
-    transformer, T = models.transformer, models.transformer.config.context_token
-    pns = transformer.config.patch_nums
-    settings = SamplingSettings(cfg=work.cfg, more_smooth=True, final_stage=0)  # sample.py's defaults
-    rng = torch.Generator(device=device).manual_seed(work.seed)
-    clock = Clock(device)
-    stage_marks: list[Any] = []
-    diffusion_marks: list[Any] = []
-    mark_diffusion = lambda: diffusion_marks.append(clock.mark())
-
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype), \
-            _around_method(transformer.diffloss, "sample", mark_diffusion, mark_diffusion):
-        clock.start()
-        t0 = clock.mark()
-        text = encode_id_lists(models.text_model, work.ids_per_prompt, pad_token_id=models.pad_token_id,
-                               max_length=T, system_ids=work.system_ids)
-        t_text = clock.mark()
-        result = transformer.generate(
-            models.tokenizer, text.context_BTD, text.mask_BT, text.position_ids_BT, settings=settings,
-            generator=rng, on_stage_end=lambda si: stage_marks.append(clock.mark()),
-        )
-        t_end = clock.mark()
-        clock.finish()
-    if len(stage_marks) != len(pns) or len(diffusion_marks) != 2 or result.image_B3HW is None:
-        raise RuntimeError(f"expected {len(pns)} stage ends and one diffusion call, got "
-                           f"{len(stage_marks)} and {len(diffusion_marks) // 2}")
-    bounds = [t_text] + stage_marks
-    phases = {"text encoding": clock.seconds(t0, t_text)}
-    for si, p in enumerate(pns):
-        phases[f"scale {p}x{p}"] = clock.seconds(bounds[si], bounds[si + 1])
-    phases["residual diffusion"] = clock.seconds(*diffusion_marks)
-    phases[f"scale {pns[-1]}x{pns[-1]}"] -= phases["residual diffusion"]  # the last stage without it
-    phases["VAE decode"] = clock.seconds(stage_marks[-1], t_end)
-    return phases
+def run_once(pipe: Any, prompts: list[str], seed: int) -> dict[str, float]:
+    """One pipeline call (text encoding to images) at sample.py's defaults; seconds per phase
+    (see :func:`hart_edu.timing.phase_names`), timed by :class:`hart_edu.timing.PhaseTimer`."""
+    rng = torch.Generator(device=pipe.device).manual_seed(seed)
+    with torch.inference_mode(), PhaseTimer(pipe, Clock(pipe.device)) as timer:
+        pipe(prompts, generator=rng, progress=False)
+    return timer.seconds()
 
 
 class _CountedKernel:
@@ -452,9 +407,8 @@ def check_request(device: torch.device, backends: Sequence[str]) -> None:
 def run_profile(arch: Architecture, device: torch.device, dtype_name: str, backends: Sequence[str],
                 batches: Sequence[int], warmup: int, repeats: int, seed: int = 0,
                 system_tokens: int | None = None, progress: Callable[[str], None] = lambda s: None) -> Profile:
-    """Build ``arch`` once, then time ``warmup`` + ``repeats`` runs per backend and batch."""
-    from hart_edu.kernels.backend import use_backend
-
+    """Build ``arch`` once as a pipeline, then time ``warmup`` + ``repeats`` calls per backend
+    (the pipeline's :attr:`~hart_edu.sampler.HARTPipeline.backend`) and batch."""
     check_request(device, backends)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need --repeats >= 1 and --warmup >= 0, got {repeats} and {warmup}")
@@ -467,24 +421,25 @@ def run_profile(arch: Architecture, device: torch.device, dtype_name: str, backe
         raise ValueError(f"--system-tokens {system_tokens} must be in [0, {arch.transformer['context_token']}] "
                          "(the official encoding slices the system prompt's mask from a context_token-wide tensor)")
     progress(f"building {arch.description} with random weights in {dtype_name} on {device}")
-    models = build_models(arch, device, dtype, seed)
-    profile = Profile(arch, device, dtype_name, warmup, repeats, system_tokens, models.parameter_counts())
+    g = torch.Generator().manual_seed(seed)
+    system_prompt = random_words(1, system_tokens, "s", g)[0] if system_tokens else None
+    prompts = random_words(max(batches), arch.prompt_tokens, "w", g)  # batch b: the first b
+    pipe = random_release_pipeline(arch, dtype=dtype, seed=seed, prompts=prompts, device=device,
+                                   system_prompt=system_prompt)
+    profile = Profile(arch, device, dtype_name, warmup, repeats, system_tokens, parameter_counts(pipe))
     for batch in batches:
-        work = make_workload(arch, models, batch, system_tokens, seed)
         for name in backends:
-            with use_backend(name):
-                for _ in range(warmup):
-                    run_once(models, work, device, dtype)
-                calls = None
-                if name == "triton":
-                    with count_triton_launches() as calls:
-                        run_once(models, work, device, dtype)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                runs = []
-                for _ in range(repeats):
-                    runs.append(run_once(models, work, device, dtype))
-                peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            pipe.backend = name
+            for _ in range(warmup):
+                run_once(pipe, prompts[:batch], seed)
+            calls = None
+            if name == "triton":
+                with count_triton_launches() as calls:
+                    run_once(pipe, prompts[:batch], seed)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            runs = [run_once(pipe, prompts[:batch], seed) for _ in range(repeats)]
+            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
             m = Measurement(name, batch, runs, dict(calls) if calls is not None else None, peak)
             profile.measurements.append(m)
             progress(f"{name:>9s} batch {batch}: {m.total_s * 1e3:.1f} ms per run, {m.images_per_s:.2f} images/s")

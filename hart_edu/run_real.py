@@ -1,13 +1,13 @@
 """The released HART model on *this* CPU: one 1024px image through :class:`HARTPipeline`.
 
 ``hart-edu run-real --random-weights`` builds the three models of mit-han-lab/hart-0.7b-1024px
-at their released sizes with seeded random weights (``hart_edu.profile``'s architectures and
-builder: parameters made on the meta device, then drawn once in the run's dtype), wraps them
-in a :class:`~hart_edu.sampler.HARTPipeline` of that dtype and makes one image the way a
-user does (``pipe([prompt])``, with its progress bar over the scales). It reports the wall
-time of every phase and the **peak resident memory** (RSS) of each phase and of the whole
-call, weights included: what decides whether the model fits a laptop. (``hart-edu profile``
-times the same work, without the pipeline, for many runs and kernel backends; on CUDA it
+at their released sizes with seeded random weights in a :class:`~hart_edu.sampler.HARTPipeline`
+of the run's dtype (:func:`hart_edu.profile.random_release_pipeline`: parameters made on the
+meta device, then drawn once) and makes one image the way a user does (``pipe([prompt])``,
+with its progress bar over the scales). It reports the wall time of every phase and the
+**peak resident memory** (RSS) of each phase and of the whole call, weights included: what
+decides whether the model fits a laptop. (``hart-edu profile`` times the same pipeline with
+the same :class:`~hart_edu.timing.PhaseTimer`, for many runs and kernel backends; on CUDA it
 reports the allocator's peak, not the process's RSS.)
 
 Random weights give the real cost: every matrix product, convolution and attention of a
@@ -54,50 +54,11 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "random_release_pipeline",
     "measure_one_image",
     "PhaseReport",
     "add_parser",
     "run",
 ]
-
-
-def _word_tokenizer(texts: list[str], vocab_size: int):
-    """A whitespace word-level tokenizer standing in for Qwen2's BPE tokenizer: every word
-    of ``texts`` gets its own id below ``vocab_size``; the last id is the pad."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for text in texts for w in text.split()})[: vocab_size - 2]
-    vocab = {"<unk>": 0, "<pad>": vocab_size - 1} | {w: 1 + i for i, w in enumerate(words)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
-
-
-def random_release_pipeline(size: str = "1024px", *, dtype: torch.dtype | None = None, seed: int = 0,
-                            prompts: tuple[str, ...] = (), release_text_encoder: bool = False):
-    """A CPU :class:`~hart_edu.sampler.HARTPipeline` of ``hart_edu.profile.ARCHITECTURES[size]``
-    ("1024px": the released model, "1024px-depth24": the manifest's other hypothesis, "tiny")
-    with seeded random weights in ``dtype`` (default bfloat16). ``prompts``: words the stand-in
-    tokenizer knows. ``release_text_encoder``: the pipeline's option (free the text encoder
-    after the first call has encoded its prompts)."""
-    import torch
-
-    from hart_edu.profile import ARCHITECTURES, build_models
-    from hart_edu.sampler import HARTPipeline, check_dtype
-    from hart_edu.text_encoder import HART_SYSTEM_PROMPT, TextEncoder
-
-    dtype = check_dtype(torch.bfloat16 if dtype is None else dtype)
-    if size not in ARCHITECTURES:
-        raise ValueError(f"unknown size {size!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
-    models = build_models(ARCHITECTURES[size], torch.device("cpu"), dtype, seed)
-    vocab = models.text_model.config.vocab_size
-    words = _word_tokenizer([HART_SYSTEM_PROMPT, *prompts], vocab)
-    T = models.transformer.config.context_token
-    system_prompt = HART_SYSTEM_PROMPT if len(HART_SYSTEM_PROMPT.split()) <= T else None
-    encoder = TextEncoder(models.text_model, words, max_length=T, system_prompt=system_prompt)
-    return HARTPipeline(encoder, models.transformer, models.tokenizer, release_text_encoder=release_text_encoder)
 
 
 # --------------------------------------------------------------------------------------
@@ -155,84 +116,58 @@ class PhaseReport:
         return "\n".join(lines)
 
 
+# run-real's phases: the timer's (hart_edu.timing.phase_names), every scale in one "transformer".
+REPORT_PHASES = {"before text": "before text", "text encoding": "text encoder", "residual diffusion": "diffusion",
+                 "VAE decode": "VAE decoder", "after decode": "after decode"}
+
+
 def measure_one_image(pipe, prompt: str, *, seed: int = 1, progress: bool = True, log=None,
                       **call_kwargs) -> PhaseReport:
-    """Run ``pipe([prompt])`` once and time its phases with forward hooks (no change to the
-    code being measured): text encoder, each transformer scale (boundaries = the calls of
-    the logits head), the residual diffusion (its denoiser's calls), the VAE decoder.
-    Peak RSS is reset at every boundary, so each phase gets its own peak; "total" is the
-    peak of the whole call, weights included. ``log(line)``, when given, gets every boundary
-    as it is reached (so a run cut short still leaves its numbers)."""
+    """Run ``pipe([prompt])`` once, timed by :class:`hart_edu.timing.PhaseTimer` (forward hooks
+    on the pipeline's parts, no change to the code being measured): wall time, CPU time and
+    peak RSS of each phase. Peak RSS is reset at every mark, so each phase gets its own peak;
+    "total" is the peak of the whole call, weights included. ``log(line)``, when given, gets
+    every mark as it is reached (so a run cut short still leaves its numbers)."""
     import torch
 
-    report = PhaseReport(threads=torch.get_num_threads(), dtype=str(pipe.dtype).replace("torch.", ""))
-    marks: list[tuple[str, float, int, float]] = []  # (boundary, time, peak since the previous one, CPU time)
-    peak_overall = [0]
+    from hart_edu.timing import Clock, PhaseTimer
 
-    def mark(name: str) -> None:
-        peak = _peak_rss_bytes()
-        peak_overall[0] = max(peak_overall[0], peak)
-        marks.append((name, time.perf_counter(), peak, time.process_time()))
+    report = PhaseReport(threads=torch.get_num_threads(), dtype=str(pipe.dtype).replace("torch.", ""))
+    clock = Clock(pipe.device)
+    _reset_peak_rss()
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+
+    def probe(name: str) -> tuple[int, float]:
+        """(peak RSS since the previous mark, CPU seconds so far), then a new peak."""
+        peak, cpu = _peak_rss_bytes(), time.process_time() - start_cpu
         if log is not None:
-            log(f"{name}: wall {marks[-1][1] - start:.2f} s, CPU {marks[-1][3] - start_cpu:.2f} s, "
+            log(f"{name}: wall {time.perf_counter() - start_wall:.2f} s, CPU {cpu:.2f} s, "
                 f"peak RSS since the last mark {peak / 1024**3:.2f} GiB")
         report.per_phase_peaks &= _reset_peak_rss()
+        return peak, cpu
 
-    net = pipe.transformer.diffloss.net.input_proj  # forward_with_cfg calls net.forward, not net(): hook a layer
-    calls = [0, 0]  # diffusion denoiser calls started, finished
-
-    def net_pre(*_):
-        calls[0] += 1
-        if calls[0] == 1:
-            mark("diffusion start")
-
-    def net_post(*_):
-        calls[1] += 1
-
-    hooks = [
-        pipe.text_encoder.model.register_forward_pre_hook(lambda *_: mark("text start")),
-        pipe.text_encoder.model.register_forward_hook(lambda *_: mark("text end")),
-        pipe.transformer.head.register_forward_hook(lambda *_: mark("scale end")),
-        net.register_forward_pre_hook(net_pre),
-        net.register_forward_hook(net_post),
-        pipe.tokenizer.decoder.register_forward_pre_hook(lambda *_: mark("decode start")),
-        pipe.tokenizer.decoder.register_forward_hook(lambda *_: mark("decode end")),
-    ]
-    _reset_peak_rss()
-    start, start_cpu = time.perf_counter(), time.process_time()
-    try:
+    timer = PhaseTimer(pipe, clock, on_mark=probe)
+    with timer:
         out = pipe([prompt], seed=seed, progress=progress, **call_kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    mark("end")
-    report.total_seconds = time.perf_counter() - start
-    report.peak_total_bytes = peak_overall[0]
+    marks, phases = timer.marks, timer.phases()
+    report.total_seconds = clock.seconds(marks[0].stamp, marks[-1].stamp)
+    report.peak_total_bytes = max(m.probe[0] for m in marks)
     report.image_shape = tuple(out.image_B3HW.shape)
 
-    # Phases between consecutive marks; the peak of a phase is read at its closing mark.
-    names = [m[0] for m in marks]
-    scale_ends = [i for i, n in enumerate(names) if n == "scale end"]
+    def span(label: str, i0: int, i1: int) -> None:  # the peak of a phase is read at its closing mark
+        report.seconds[label] = clock.seconds(marks[i0].stamp, marks[i1].stamp)
+        report.cpu_seconds[label] = marks[i1].probe[1] - marks[i0].probe[1]
+        report.peak_bytes[label] = max(m.probe[0] for m in marks[i0 + 1 : i1 + 1])
 
-    def span(label: str, i0: int, i1: int) -> None:
-        report.seconds[label] = marks[i1][1] - marks[i0][1]
-        report.cpu_seconds[label] = marks[i1][3] - marks[i0][3]
-        report.peak_bytes[label] = max(m[2] for m in marks[i0 + 1 : i1 + 1])
-
-    report.seconds["before text"] = marks[0][1] - start
-    report.cpu_seconds["before text"] = marks[0][3] - start_cpu
-    report.peak_bytes["before text"] = marks[0][2]
-    i_text_end = names.index("text end")
-    span("text encoder", 0, i_text_end)
-    i_decode = names.index("decode start")
-    i_diff = names.index("diffusion start") if "diffusion start" in names else i_decode
-    span("transformer", i_text_end, i_diff)  # every scale, up to the last scale's sampling
-    report.stage_seconds = [marks[b][1] - marks[a][1] for a, b in zip([i_text_end] + scale_ends, scale_ends)]
-    if i_diff != i_decode:
-        span("diffusion", i_diff, i_decode)  # the denoiser's steps, then f_hat's last update
-        report.extra["diffusion denoiser calls"] = calls[1]
-    span("VAE decoder", i_decode, names.index("decode end"))
-    span("after decode", names.index("decode end"), len(names) - 1)
+    scales = [phases[name] for name in phases if name.startswith("scale ")]
+    for name, (i0, i1) in phases.items():
+        if name in REPORT_PHASES:
+            span(REPORT_PHASES[name], i0, i1)
+        if name == "text encoding":
+            span("transformer", scales[0][0], scales[-1][1])  # every scale, up to the residual diffusion
+    report.stage_seconds = [clock.seconds(marks[i0].stamp, marks[i1].stamp) for i0, i1 in scales]
+    if "residual diffusion" in phases:
+        report.extra["diffusion denoiser calls"] = timer.diffusion_calls
     report.extra["image finite"] = bool(torch.isfinite(out.image_B3HW).all())
     return report
 
@@ -311,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
     if args.low_memory and "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the environment's setting wins
         large_blocks_mapped = map_large_blocks()
     t0 = time.perf_counter()
+    from hart_edu.profile import random_release_pipeline
+
     pipe = random_release_pipeline(args.size, dtype=dtype, seed=args.seed, prompts=(args.prompt,),
                                    release_text_encoder=args.low_memory)
     build_s = time.perf_counter() - t0

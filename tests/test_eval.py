@@ -75,7 +75,7 @@ def test_given_scales_on_the_shipped_weights(tmp_path):
 def test_given_scales_on_a_bfloat16_pipeline():
     """The scenes' codes are encoded in the pipeline's own dtype (a bf16 tokenizer refuses float32)."""
     from hart_edu.eval import pipeline_generator
-    from hart_edu.run_real import random_release_pipeline
+    from hart_edu.profile import random_release_pipeline
 
     pipe = random_release_pipeline("tiny", dtype=torch.bfloat16, seed=0)
     scenes = heldout_scenes(2)

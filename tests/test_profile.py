@@ -16,6 +16,7 @@ from golden_fixtures import GOLDEN_DIR, needs_golden
 
 from hart_edu import cli
 from hart_edu import profile as P
+from hart_edu.timing import phase_names
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["profile", "--size", "tiny", "--device", "cpu", "--warmup", "0", "--repeats", "2"]
@@ -30,8 +31,8 @@ def run(argv: list[str]) -> int:
 
 def check_report(data: dict, backends: list[str], batches: list[int]) -> None:
     """Every (backend, batch) is there with every phase; the figures are consistent."""
-    phases = P.phase_names(P.ARCHITECTURES["tiny"].patch_nums)
-    assert data["phases"] == phases and len(phases) == 1 + 6 + 2
+    phases = phase_names(P.ARCHITECTURES["tiny"].patch_nums)
+    assert data["phases"] == phases and len(phases) == 2 + 6 + 2 + 1
     assert [(r["backend"], r["batch"]) for r in data["results"]] == [(k, b) for b in batches for k in backends]
     for r in data["results"]:
         assert list(r["phases_ms"]) == phases
@@ -168,3 +169,21 @@ def test_released_architecture_matches_the_manifest(size, section):
     assert sum(p.numel() for p in transformer.parameters()) == manifest[section]["total_params"]
     assert sum(p.numel() for p in tokenizer.parameters()) == manifest["tokenizer"]["total_params_without_disc"]
     assert arch.text_encoder["hidden_size"] == arch.transformer["context_dim"]
+
+
+def test_phase_timer_cuts_one_pipeline_call_into_consecutive_phases():
+    from hart_edu.timing import Clock, PhaseTimer
+
+    pipe = P.random_release_pipeline("tiny", dtype=torch.float32, seed=0, prompts=("a red cat",))
+    hooked = (pipe.transformer.blocks[0], pipe.text_encoder.model, pipe.tokenizer.decoder)
+    with PhaseTimer(pipe, Clock(pipe.device)) as timer:
+        pipe(["a red cat"], seed=1, progress=False)
+    phases = timer.phases()
+    assert list(phases) == phase_names(pipe.transformer.config.patch_nums)
+    spans = list(phases.values())
+    assert spans[0][0] == 0 and spans[-1][1] == len(timer.marks) - 1
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(spans, spans[1:]))  # back to back, none empty
+    assert sum(timer.seconds().values()) == pytest.approx(timer.marks[-1].stamp - timer.marks[0].stamp)
+    assert timer.diffusion_calls == 4  # the tiny head's 4 denoising steps
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in hooked)  # removed after the block
+    assert not any(m._forward_pre_hooks for m in pipe.transformer.diffloss.modules())

@@ -14,7 +14,8 @@ import torch
 
 from golden_fixtures import GOLDEN_DIR, needs_golden
 from hart_edu import cli
-from hart_edu.run_real import measure_one_image, random_release_pipeline
+from hart_edu.profile import random_release_pipeline
+from hart_edu.run_real import measure_one_image
 from hart_edu.sampler import HARTPipeline, check_dtype
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"  # malloc_trim / mallopt
@@ -33,7 +34,8 @@ def test_random_release_pipeline_runs_in_bf16_and_reports_every_phase():
     assert abs(sum(report.seconds.values()) - report.total_seconds) < 0.05
     assert report.extra["image finite"] and report.image_shape == (1, 3, 32, 32)
     assert report.extra["diffusion denoiser calls"] == 4  # the tiny head's 4 steps
-    assert report.peak_total_bytes > 0 and sum(line.startswith("scale end") for line in lines) == S
+    assert report.peak_total_bytes > 0 and sum(line.startswith("scale start") for line in lines) == S
+    assert sum(report.stage_seconds) == pytest.approx(report.seconds["transformer"])
 
 
 def test_run_real_cli_on_the_tiny_architecture(capsys, tmp_path):

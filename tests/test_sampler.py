@@ -278,7 +278,7 @@ def test_grid_layout_is_make_grids():
 
 
 def test_given_indices_are_taken_and_the_rest_is_generated_as_before():
-    from hart_edu.run_real import random_release_pipeline
+    from hart_edu.profile import random_release_pipeline
 
     pipe = random_release_pipeline("tiny", dtype=torch.float32, seed=0, prompts=("a red cat",))
     kw = dict(greedy=True, residual=False, more_smooth=False, cfg=2.0, progress=False)  # no draws at all
@@ -296,7 +296,7 @@ def test_given_indices_are_taken_and_the_rest_is_generated_as_before():
 
 
 def test_given_indices_bad_input():
-    from hart_edu.run_real import random_release_pipeline
+    from hart_edu.profile import random_release_pipeline
 
     pipe = random_release_pipeline("tiny", dtype=torch.float32, seed=0, prompts=("a red cat",))
     pns = pipe.transformer.config.patch_nums
