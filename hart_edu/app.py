@@ -209,7 +209,7 @@ def build_ui(studio: Studio):
 
 
 def add_parser(sub) -> None:
-    from hart_edu.cli import add_safety_arguments
+    from hart_edu.safety import add_safety_arguments
 
     app = sub.add_parser("app", help="a web UI (gradio): prompt, seed, CFG, scale-by-scale gallery",
                          description="Serve a HART model in the browser (needs " + INSTALL_HINT + ").")

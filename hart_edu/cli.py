@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a file name where generat
 
 
 def add_generate_parser(sub) -> None:
+    from hart_edu.safety import add_safety_arguments
     from hart_edu.sampler import DEFAULT_SEED
 
     gen = sub.add_parser(
@@ -72,14 +73,6 @@ def add_generate_parser(sub) -> None:
                      help="kernel backend: PyTorch reference or the fused Triton kernels (a CUDA device, or "
                           "TRITON_INTERPRET=1 to run them slowly on the CPU; default: reference)")
     add_safety_arguments(gen)
-
-
-def add_safety_arguments(parser) -> None:
-    """``--safety-checker`` / ``--safety-threshold`` (generate and app; see hart_edu.safety)."""
-    parser.add_argument("--safety-checker", type=Path, default=None, metavar="PATH",
-                        help="refuse prompts that a local ShieldGemma (e.g. google/shieldgemma-2b) flags (default: off)")
-    parser.add_argument("--safety-threshold", type=float, default=0.5,
-                        help="refuse when P(violation) exceeds this, in [0, 1) (default: 0.5, as official)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "SAFETY_POLICY", "SafetyChecker", "SafetyVerdict", "UnsafePromptError", "check_threshold", "shieldgemma_prompt",
+    "SAFETY_POLICY", "SafetyChecker", "SafetyVerdict", "UnsafePromptError", "add_safety_arguments", "check_threshold",
+    "shieldgemma_prompt",
 ]
 
 # HART's policy (hart/utils/safety_check.py): one principle, in ShieldGemma's wording style.
@@ -57,6 +58,15 @@ def shieldgemma_prompt(user_prompt: str, policy: str = SAFETY_POLICY) -> str:
         "with 'Yes' or 'No'. And then walk through step by step to be sure we answer\n"
         "correctly.\n"
     )
+
+
+def add_safety_arguments(parser) -> None:
+    """``--safety-checker`` / ``--safety-threshold`` on an argparse parser (``hart-edu generate``
+    and ``hart-edu app``)."""
+    parser.add_argument("--safety-checker", type=Path, default=None, metavar="PATH",
+                        help="refuse prompts that a local ShieldGemma (e.g. google/shieldgemma-2b) flags (default: off)")
+    parser.add_argument("--safety-threshold", type=float, default=0.5,
+                        help="refuse when P(violation) exceeds this, in [0, 1) (default: 0.5, as official)")
 
 
 def check_threshold(threshold: float) -> float:
