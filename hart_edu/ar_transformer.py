@@ -96,12 +96,12 @@ documented here:
 Kernels
 -------
 
-The code above is the reference. Inside ``hart_edu.kernels.backend.use_backend("triton")``
-the same modules call fused Triton kernels instead (:mod:`hart_edu.kernels`): the adaLN
-``RMSNorm(x) * (1 + s) + b`` (:func:`norm_modulate`), RoPE on q and k
-(:meth:`Rope.apply_qk`), the SwiGLU gate, and the sampling step (guidance, top-k / top-p
-and the draw in one launch, consuming the generator's numbers exactly as
-``torch.multinomial`` does, see :meth:`_Run.fused_pick`).
+The operations themselves live in :mod:`hart_edu.kernels`, one readable PyTorch reference each
+beside its fused Triton kernel, and this module calls their dispatchers: the adaLN
+``RMSNorm(x) * (1 + s) + b`` (``rmsnorm_modulate``, and ``rms_norm`` alone), RoPE on q and k
+(``rope``), the SwiGLU gate (``swiglu``) and the sampling step (``cfg_sample``: guidance,
+top-k / top-p and ``torch.multinomial``'s own draw from the generator). Which one runs is
+chosen with ``hart_edu.kernels.backend.use_backend`` (the reference by default).
 """
 
 from __future__ import annotations
@@ -125,7 +125,10 @@ from hart_edu.checkpoint import (
     load_weight_file,
     read_config,
 )
-from hart_edu.kernels import backend as kernel_backend
+from hart_edu.kernels.cfg_sample import cfg_sample, multinomial_noise
+from hart_edu.kernels.rmsnorm_modulate import rms_norm, rmsnorm_modulate
+from hart_edu.kernels.rope import rope
+from hart_edu.kernels.swiglu import swiglu
 from hart_edu.residual_diffusion import ResidualDiffusion, TimestepEmbedder
 
 __all__ = [
@@ -137,12 +140,9 @@ __all__ = [
     "TeacherForcingOutput",
     "HARTTransformer",
     "tokenizer_folder_for",
-    "filter_top_k_top_p",
-    "sample_indices",
 ]
 
 MODEL_TYPE = "hart_transformer_t2i"
-ROPE_BASE = 10000
 TRAINING_ONLY_MASK_KEY = "attn_bias_for_masking"
 
 
@@ -333,8 +333,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def pool_context(cond_NTC: torch.Tensor, mask_NT: torch.Tensor, mode: str) -> torch.Tensor:
@@ -347,57 +346,6 @@ def pool_context(cond_NTC: torch.Tensor, mask_NT: torch.Tensor, mode: str) -> to
     m_NT1 = mask_NT.unsqueeze(-1).to(cond_NTC.dtype)
     count_N11 = m_NT1.sum(1).clamp(min=1).unsqueeze(1)
     return (cond_NTC * m_NT1 / count_N11).sum(1)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """[x1, x2] -> [-x2, x1] over the whole last dimension (split in two halves)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-class Rope(NamedTuple):
-    """cos and sin of the rotation angles, (N, L, d_head) each, and the positions they come
-    from ((N, L) or (N, L, 2); the Triton kernel computes the angles itself)."""
-
-    cos_NLd: torch.Tensor
-    sin_NLd: torch.Tensor
-    position_ids: torch.Tensor | None = None
-
-    def apply(self, x_NHLd: torch.Tensor) -> torch.Tensor:
-        """x * cos + rotate_half(x) * sin (same angles for every head), in x's dtype: cos and
-        sin are computed in float32 and cast to it, as the official rotary embedding does
-        (under bf16/fp16 autocast q and k stay in half precision, and so does the KV cache)."""
-        cos_N1Ld = self.cos_NLd.to(x_NHLd.dtype).unsqueeze(1)
-        sin_N1Ld = self.sin_NLd.to(x_NHLd.dtype).unsqueeze(1)
-        return x_NHLd * cos_N1Ld + rotate_half(x_NHLd) * sin_N1Ld
-
-    def apply_qk(self, q_NHLd: torch.Tensor, k_NHLd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q and k: :meth:`apply` to each, or one fused kernel under ``use_backend("triton")``."""
-        if kernel_backend.get_backend() == "triton":
-            from hart_edu.kernels.rope import rope_triton  # imports Triton: on first use only
-
-            if self.position_ids is None:
-                raise ValueError("the Triton RoPE kernel needs Rope.position_ids (build it with rope_1d / rope_2d)")
-            return tuple(rope_triton(q_NHLd, k_NHLd, self.position_ids))
-        return self.apply(q_NHLd), self.apply(k_NHLd)
-
-
-def rope_1d(position_ids_NL: torch.Tensor, head_dim: int) -> Rope:
-    """Context RoPE: angle_j = pos * 10000^{-2j/d}, j < d/2, duplicated: [a, a]."""
-    inv_freq_J = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    angles_NLJ = position_ids_NL.float().unsqueeze(-1) * inv_freq_J.to(position_ids_NL.device)
-    emb_NLd = torch.cat((angles_NLJ, angles_NLJ), dim=-1)
-    return Rope(emb_NLd.cos(), emb_NLd.sin(), position_ids_NL)
-
-
-def rope_2d(position_ids_NL2: torch.Tensor, head_dim: int) -> Rope:
-    """Image-token RoPE: f_j = 10000^{-4j/d}, j < d/4; angles [r f, r f, c f, c f]."""
-    inv_freq_J = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 4, dtype=torch.int64).float() / head_dim))
-    inv_freq_J = inv_freq_J.to(position_ids_NL2.device)
-    row_NLJ = position_ids_NL2[..., 0].float().unsqueeze(-1) * inv_freq_J
-    col_NLJ = position_ids_NL2[..., 1].float().unsqueeze(-1) * inv_freq_J
-    emb_NLd = torch.cat((row_NLJ, row_NLJ, col_NLJ, col_NLJ), dim=-1)
-    return Rope(emb_NLd.cos(), emb_NLd.sin(), position_ids_NL2)
 
 
 def grid_positions(pn: int, largest: int, device: torch.device | None = None) -> torch.Tensor:
@@ -493,8 +441,9 @@ class LlamaAttention(nn.Module):
         self.register_buffer("zero_k_bias", torch.zeros(embed_dim))  # always zero; kept for the key layout
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, x_NLC: torch.Tensor, rope: Rope, cache: KVCache, valid_NL: torch.Tensor,
+    def forward(self, x_NLC: torch.Tensor, positions: torch.Tensor, cache: KVCache, valid_NL: torch.Tensor,
                 mask_padding: bool) -> torch.Tensor:
+        """``positions``: RoPE position ids, (N, L) for context tokens, (N, L, 2) for image tokens."""
         N, L, C = x_NLC.shape
         bias_3C = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv_NL3Hd = F.linear(x_NLC, self.qkv_proj.weight, bias_3C).view(N, L, 3, self.num_heads, self.head_dim)
@@ -503,7 +452,7 @@ class LlamaAttention(nn.Module):
             scale_mul_1H11 = self.scale_mul_1H11.clamp(max=self.max_scale_mul).exp()
             q_NHLd = F.normalize(q_NHLd, dim=-1).mul(scale_mul_1H11)
             k_NHLd = F.normalize(k_NHLd, dim=-1)
-        q_NHLd, k_NHLd = rope.apply_qk(q_NHLd, k_NHLd)
+        q_NHLd, k_NHLd = rope(q_NHLd, k_NHLd, positions)
 
         cache.extend(k_NHLd, v_NHLd, valid_NL)  # this stage's tokens see themselves and all before
         bias = None
@@ -526,12 +475,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, embed_dim, bias=False)
 
     def forward(self, u_NLC: torch.Tensor) -> torch.Tensor:
-        a_NLH, b_NLH = self.gate_proj(u_NLC), self.up_proj(u_NLC)
-        if kernel_backend.get_backend() == "triton":
-            from hart_edu.kernels.swiglu import swiglu_triton  # imports Triton: on first use only
-
-            return self.down_proj(swiglu_triton(a_NLH, b_NLH))
-        return self.down_proj(F.silu(a_NLH) * b_NLH)
+        return self.down_proj(swiglu(self.gate_proj(u_NLC), self.up_proj(u_NLC)))
 
 
 class GPT2MLP(nn.Module):
@@ -547,12 +491,8 @@ class GPT2MLP(nn.Module):
 
 
 def norm_modulate(norm: RMSNorm, x_NLC: torch.Tensor, scale_N1C: torch.Tensor, shift_N1C: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``norm(x) * (1 + scale) + shift``; one fused kernel under ``use_backend("triton")``."""
-    if kernel_backend.get_backend() == "triton":
-        from hart_edu.kernels.rmsnorm_modulate import rmsnorm_modulate_triton  # imports Triton: on first use only
-
-        return rmsnorm_modulate_triton(x_NLC, norm.weight, scale_N1C, shift_N1C, norm.eps)
-    return norm(x_NLC) * (scale_N1C + 1) + shift_N1C
+    """adaLN: ``norm(x) * (1 + scale) + shift`` (``hart_edu.kernels.rmsnorm_modulate``)."""
+    return rmsnorm_modulate(x_NLC, norm.weight, scale_N1C, shift_N1C, norm.eps)
 
 
 class Modulation(NamedTuple):
@@ -601,14 +541,14 @@ class Block(nn.Module):
             return Modulation(*table_N6C.chunk(6, dim=1))
         return None
 
-    def forward(self, x_NLC: torch.Tensor, mod: Modulation | None, rope: Rope, cache: KVCache,
+    def forward(self, x_NLC: torch.Tensor, mod: Modulation | None, positions: torch.Tensor, cache: KVCache,
                 valid_NL: torch.Tensor, mask_padding: bool) -> torch.Tensor:
         if mod is None:
-            x_NLC = x_NLC + self.attn(self.ln_wo_grad(x_NLC), rope, cache, valid_NL, mask_padding)
+            x_NLC = x_NLC + self.attn(self.ln_wo_grad(x_NLC), positions, cache, valid_NL, mask_padding)
             return x_NLC + self.ffn(self.ln_wo_grad(x_NLC))
         # x <- x + g1 * Attn(norm(x) (1 + s1) + b1);  x <- x + g2 * MLP(norm(x) (1 + s2) + b2)
         u_NLC = norm_modulate(self.ln_wo_grad, x_NLC, mod.scale1, mod.shift1)
-        x_NLC = x_NLC + self.attn(u_NLC, rope, cache, valid_NL, mask_padding) * mod.gamma1
+        x_NLC = x_NLC + self.attn(u_NLC, positions, cache, valid_NL, mask_padding) * mod.gamma1
         u_NLC = norm_modulate(self.ln_wo_grad, x_NLC, mod.scale2, mod.shift2)
         return x_NLC + self.ffn(u_NLC) * mod.gamma2
 
@@ -638,37 +578,6 @@ class AdaLNBeforeHead(nn.Module):
 def official_top_k(si: int) -> int:
     """The top-k the official inference hard-codes: 600 for stages 0..6, 300 after."""
     return 600 if si < 7 else 300
-
-
-def filter_top_k_top_p(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set to -inf every logit outside the top-k and outside the top-p nucleus (a new tensor).
-
-    top-k keeps logits >= the k-th largest (ties kept; k >= V keeps all). top-p sorts
-    ascending and drops the tokens whose cumulative probability is <= 1 - top_p, always
-    keeping the most likely one.
-    """
-    V = logits_BlV.shape[-1]
-    out = logits_BlV.clone()
-    if 0 < top_k < V:
-        kth_Bl1 = out.topk(top_k, dim=-1, largest=True, sorted=False).values.amin(dim=-1, keepdim=True)
-        out = out.masked_fill(out < kth_Bl1, float("-inf"))
-    if top_p > 0:
-        sorted_BlV, order_BlV = out.sort(dim=-1, descending=False)
-        drop_sorted = sorted_BlV.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
-        drop_sorted[..., -1:] = False
-        out = out.masked_fill(drop_sorted.scatter(-1, order_BlV, drop_sorted), float("-inf"))
-    return out
-
-
-def sample_indices(logits_BlV: torch.Tensor, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
-    """One code per position: argmax (greedy) or a draw from softmax(logits) with ``generator``."""
-    if greedy:
-        return logits_BlV.argmax(dim=-1)
-    if generator is None:
-        raise ValueError("sampling needs generator= (a torch.Generator); hart_edu never uses the global RNG")
-    B, l, V = logits_BlV.shape
-    probs_NV = logits_BlV.softmax(dim=-1).view(-1, V)
-    return torch.multinomial(probs_NV, num_samples=1, replacement=True, generator=generator).view(B, l)
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
@@ -875,14 +784,13 @@ class HARTTransformer(nn.Module):
         caches = [KVCache() for _ in self.blocks]
         mask_padding = not quirks.attend_to_padding
 
-        def run_blocks(x_BlC: torch.Tensor, rope: Rope, valid_Bl: torch.Tensor) -> torch.Tensor:
+        def run_blocks(x_BlC: torch.Tensor, positions: torch.Tensor, valid_Bl: torch.Tensor) -> torch.Tensor:
             for blk, mod, cache in zip(self.blocks, mods, caches):
-                x_BlC = blk(x_BlC, mod, rope, cache, valid_Bl, mask_padding)
+                x_BlC = blk(x_BlC, mod, positions, cache, valid_Bl, mask_padding)
             return x_BlC
 
         # stage 0: the context tokens; scale 0 is read at one context position
-        h_BTC = run_blocks(cond_BTC + self.level_embedding(0, cond_BTC.device),
-                           rope_1d(context_position_ids_BT, self.config.head_dim), mask_BT)
+        h_BTC = run_blocks(cond_BTC + self.level_embedding(0, cond_BTC.device), context_position_ids_BT, mask_BT)
         logits_BTV = self.logits(h_BTC, cond_BTC)
         rows_B = torch.arange(B, device=h_BTC.device)
         read_B = torch.full((B,), T - 1, device=h_BTC.device) if quirks.stage0_reads_last_position \
@@ -894,8 +802,8 @@ class HARTTransformer(nn.Module):
         for si in range(1, len(pns)):
             l = pns[si] * pns[si]
             x_BlC = self.word_embed(x_BLC[:, start:start + l]) + self.level_embedding(si, x_BLC.device)
-            rope = rope_2d(self.image_token_positions(si, offset_B), self.config.head_dim)
-            h_BlC = run_blocks(x_BlC, rope, torch.ones(B, l, dtype=torch.bool, device=x_BLC.device))
+            h_BlC = run_blocks(x_BlC, self.image_token_positions(si, offset_B),
+                               torch.ones(B, l, dtype=torch.bool, device=x_BLC.device))
             hidden.append(h_BlC)
             logits.append(self.logits(h_BlC, cond_BTC))
             start += l
@@ -1061,7 +969,7 @@ class _Run:
         """Run the context tokens; pick scale 0's code; return its embedding (B, 1, Cvae)."""
         N, T = self.mask_NT.shape
         x_NTC = self.cond_NTC + self.model.level_embedding(0, self.cond_NTC.device)
-        x_NTC = self.blocks(x_NTC, rope_1d(self.pos_ids_NT, self.config.head_dim), self.mask_NT)
+        x_NTC = self.blocks(x_NTC, self.pos_ids_NT, self.mask_NT)
         logits_NTV = self.model.logits(x_NTC, self.cond_NTC)
         if self.quirks.stage0_reads_last_position:
             read_N = torch.full((N,), T - 1, device=x_NTC.device)
@@ -1074,7 +982,7 @@ class _Run:
 
     def image_stage(self, si: int, x_NlC: torch.Tensor, positions_Nl2: torch.Tensor) -> torch.Tensor:
         valid_Nl = torch.ones(x_NlC.shape[:2], dtype=torch.bool, device=x_NlC.device)
-        x_NlC = self.blocks(x_NlC, rope_2d(positions_Nl2, self.config.head_dim), valid_Nl)
+        x_NlC = self.blocks(x_NlC, positions_Nl2, valid_Nl)
         logits_NlV = self.model.logits(x_NlC, self.cond_NTC)
         return self.predict(si, logits_NlV, logits_NlV).h_BlC
 
@@ -1113,9 +1021,9 @@ class _Run:
                 predict_Bl, masked_Bl = masked_Bl & ~still_masked_Bl, still_masked_Bl
             predict_Nl = predict_Bl.repeat(2, 1)
             x_NkC = x_NlC[predict_Nl].view(N, -1, C)
-            rope = rope_2d(positions_Nl2[predict_Nl].view(N, -1, 2), self.config.head_dim)
+            positions_Nk2 = positions_Nl2[predict_Nl].view(N, -1, 2)
             valid_Nk = torch.ones(x_NkC.shape[:2], dtype=torch.bool, device=x_NlC.device)
-            h_last_NkC = self.blocks(x_NkC, rope, valid_Nk)  # raw last-block output: the diffusion's z
+            h_last_NkC = self.blocks(x_NkC, positions_Nk2, valid_Nk)  # raw last-block output: the diffusion's z
             logits_NkV = self.model.logits(h_last_NkC, self.cond_NTC)
             pick = self.predict(S - 1, logits_NkV, logits_NkV, record_indices=False)
             idx_Bl[predict_Bl] = pick.idx_Bl.reshape(-1)
@@ -1146,12 +1054,12 @@ class _Run:
 
     # -- shared steps ------------------------------------------------------------------------
 
-    def blocks(self, x_NLC: torch.Tensor, rope: Rope, valid_NL: torch.Tensor) -> torch.Tensor:
+    def blocks(self, x_NLC: torch.Tensor, positions: torch.Tensor, valid_NL: torch.Tensor) -> torch.Tensor:
         """All blocks on this stage's tokens (appending their keys/values to the caches)."""
         mask_padding = not self.quirks.attend_to_padding
         outs = []
         for blk, mod, cache in zip(self.model.blocks, self.mods, self.caches):
-            x_NLC = blk(x_NLC, mod, rope, cache, valid_NL, mask_padding)
+            x_NLC = blk(x_NLC, mod, positions, cache, valid_NL, mask_padding)
             outs.append(x_NLC)
         if self.capture:
             self.result.block_outputs.append(outs)
@@ -1174,12 +1082,16 @@ class _Run:
             return _Pick(idx_Bl, self.quantizer.embedding(idx_Bl), ratio)
         t = s.cfg * ratio
         top_k = official_top_k(si) if q.top_k_override else s.top_k
-        if kernel_backend.get_backend() == "triton":
-            logits_BlV, filtered_BlV, idx_Bl = self.fused_pick(logits_NlV, t, top_k)
-        else:
-            logits_BlV = (1 + t) * logits_NlV[:B] - t * logits_NlV[B:]
-            filtered_BlV = filter_top_k_top_p(logits_BlV, top_k, s.top_p)
-            idx_Bl = sample_indices(filtered_BlV, self.generator, s.greedy)
+        noise_BlV = None  # greedy: no draw
+        if not s.greedy:  # the Exp(1) numbers torch.multinomial would draw (see hart_edu.kernels.cfg_sample)
+            if self.generator is None:
+                raise ValueError("sampling needs generator= (a torch.Generator); hart_edu never uses the global RNG")
+            l, V = logits_NlV.shape[1], logits_NlV.shape[2]
+            probs_dtype = logits_NlV[:1, :1, :1].softmax(dim=-1).dtype  # eager's (autocast may promote softmax)
+            noise_BlV = multinomial_noise((B, l, V), probs_dtype, logits_NlV.device, self.generator)
+        out = cfg_sample(logits_NlV, t, top_k, s.top_p, noise_BlV, keep_guided=self.capture,
+                         keep_filtered=s.more_smooth)
+        logits_BlV, filtered_BlV, idx_Bl = out.guided_BlV, out.filtered_BlV, out.idx_Bl
         if self.capture:
             self.result.raw_logits.append(raw_logits_NLV)
             self.result.cfg_logits.append(logits_BlV)
@@ -1193,33 +1105,6 @@ class _Run:
         tau = max(0.27 * (1 - ratio * 0.95), 0.005)  # MaskGIT-style temperature (official)
         soft_BlV = gumbel_softmax(filtered_BlV * (1 + ratio), tau, self.generator)
         return _Pick(idx_Bl, soft_BlV @ self.quantizer.embedding.weight.unsqueeze(0), ratio)
-
-
-    def fused_pick(self, logits_NlV: torch.Tensor, t: float,
-                   top_k: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-        """The sampling step as one Triton launch: (guided logits if captured, filtered logits
-        if ``more_smooth``, idx_Bl).
-
-        It consumes the same draws as the eager path: the Exp(1) numbers that
-        ``torch.multinomial`` draws from ``generator`` are drawn here (same shape, dtype and
-        device as the eager path's probabilities) and the kernel runs multinomial's exponential
-        race on them (see ``hart_edu.kernels.cfg_sample``); greedy needs no draw. So the codes
-        are the eager path's for float32 logits (up to float32 near-ties), and the generator
-        ends in the same state for any dtype (the kernel computes in float32, eager bf16 does not).
-        """
-        from hart_edu.kernels.cfg_sample import cfg_multinomial_triton, multinomial_noise  # imports Triton
-
-        s = self.settings
-        noise_BlV = None
-        if not s.greedy:
-            if self.generator is None:
-                raise ValueError("sampling needs generator= (a torch.Generator); hart_edu never uses the global RNG")
-            B, l, V = logits_NlV.shape[0] // 2, logits_NlV.shape[1], logits_NlV.shape[2]
-            probs_dtype = logits_NlV[:1, :1, :1].softmax(dim=-1).dtype  # eager's (autocast may promote softmax)
-            noise_BlV = multinomial_noise((B, l, V), probs_dtype, logits_NlV.device, self.generator)
-        out = cfg_multinomial_triton(logits_NlV, t, top_k, s.top_p, noise_BlV,
-                                     keep_guided=self.capture, keep_filtered=s.more_smooth)
-        return out.guided_BlV, out.filtered_BlV, out.idx_Bl
 
 
 class _Pick(NamedTuple):

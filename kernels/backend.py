@@ -23,10 +23,12 @@ Where Triton can run
   time whether it builds a GPU kernel or an interpreted one. The interpreter is slow
   (milliseconds per program instance) and only meant for tests and for reading the kernels.
 
-This module does not import Triton itself (the models import it to read the choice): Triton
-and the decorated kernels are imported by :mod:`._triton` on first use, that is when a kernel
-module is imported or :func:`triton_status` is first asked. So importing ``hart_edu`` never
-fixes the interpreter choice; the first use of the Triton backend does.
+This module does not import Triton itself: Triton and the decorated kernels are imported by
+:mod:`._triton` when a kernel module is imported or :func:`triton_status` is first asked. The
+models call the kernel modules' dispatchers, so importing a model (``hart_edu.vq``,
+``hart_edu.ar_transformer``, ``hart_edu.residual_diffusion``, or anything that imports them)
+imports the kernels and fixes the interpreter choice: set ``TRITON_INTERPRET=1`` before that.
+(``import hart_edu`` alone imports no model.)
 """
 
 from __future__ import annotations

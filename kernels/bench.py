@@ -28,8 +28,10 @@ The sizes are those of the released HART 0.7B 1024px model (C = 1536, 24 heads o
 SwiGLU width 4096, V = 4096 codes of 32 channels, L = 300 context + 9450 image tokens in a
 training sequence, 4096 tokens in the last stage, batch 2 = one prompt with its CFG twin;
 the diffusion head: width 1024 on 2 x 4096 tokens); change them in :class:`BenchSizes`.
-(``cfg_sample``'s eager reference draws its Philox uniforms with integer PyTorch ops, so its
-ratio is against that reference, not against the model's ``torch.multinomial`` sampling.)
+``cfg_sample`` is timed as the pipeline calls it at the last stage with its defaults (cfg 4.5,
+the official top-k 300, no top-p, ``more_smooth``: the filtered logits kept): on the Exp(1)
+noise of ``torch.multinomial``, drawn once beforehand (the pipeline draws it from its
+generator for either backend, so that draw is not part of the comparison).
 
 Without a CUDA device it prints that the benchmark needs one and exits with status 0: timings
 from the Triton interpreter would measure Python, not the kernels.
@@ -50,7 +52,7 @@ from typing import Any
 import torch
 
 from . import backend
-from .cfg_sample import cfg_sample_reference, cfg_sample_triton
+from .cfg_sample import cfg_sample_reference, cfg_sample_triton, multinomial_noise
 from .layernorm_modulate import layernorm_modulate_reference, layernorm_modulate_triton
 from .nearest_code import nearest_code_reference, nearest_code_triton
 from .rmsnorm_modulate import rmsnorm_modulate_reference, rmsnorm_modulate_triton
@@ -207,12 +209,15 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
                       (z.numel() + e.numel()) * 4 + rows * 8, flops=2 * rows * V * Cv, bound="compute",
                       liger_note="no nearest-code kernel in Liger-Kernel"))
 
-    # CFG + top-k/top-p + draw over the last stage's logits: read them once, write the codes
+    # CFG + top-k + torch.multinomial's draw over the last stage's logits, as the pipeline calls it:
+    # read the logits and the noise once, write the filtered logits (more_smooth) and the codes
     l = sizes.last_stage_tokens
     logits = randn(B, l, V, dt=torch.float32)  # B = 2: one prompt's conditional and unconditional rows
-    cases.append(Case(f"cfg_sample top-k 300 top-p 0.95 (last stage, l={l}, V={V})",
-                      lambda: wrap(cfg_sample_reference)(logits, 4.5, 300, 0.95, 0),
-                      lambda: cfg_sample_triton(logits, 4.5, 300, 0.95, 0), logits.numel() * 4 + l * 8,
+    noise = multinomial_noise((B // 2, l, V), torch.float32, device, generator)
+    cases.append(Case(f"cfg_sample top-k 300 multinomial (last stage, l={l}, V={V})",
+                      lambda: wrap(cfg_sample_reference)(logits, 4.5, 300, 0.0, noise, keep_filtered=True),
+                      lambda: cfg_sample_triton(logits, 4.5, 300, 0.0, noise, keep_filtered=True),
+                      (logits.numel() + 2 * noise.numel()) * 4 + l * 8,
                       liger_note="no sampling kernel in Liger-Kernel"))
     return cases
 

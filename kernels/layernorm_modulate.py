@@ -15,7 +15,8 @@ with an optional LayerNorm affine ``w``, ``b`` (W; the res blocks' ``in_ln`` has
 layer's ``norm_final`` has none: then ``a = x̂``) and a scale ``s`` and shift ``t`` *per row*
 (N, W): every row is a different token at its own diffusion timestep, so unlike the
 transformer's adaLN (one scale per image) they are as large as ``x``. All arithmetic is
-float32; ``y`` is returned in ``x``'s dtype.
+float32 in the Triton kernel (``y`` rounded once to ``x``'s dtype); the reference is the
+head's eager PyTorch, the same numbers for float32 inputs.
 
 Why this op and not more: per denoising step the head runs ``depth + 1`` of these
 (``LN -> modulate`` before every MLP and before the output layer). The head's SiLUs are not
@@ -69,12 +70,11 @@ def _check(x_NW: torch.Tensor, weight_W: torch.Tensor | None, bias_W: torch.Tens
 
 def layernorm_modulate_reference(x_NW: torch.Tensor, weight_W: torch.Tensor | None, bias_W: torch.Tensor | None,
                                  scale_NW: torch.Tensor, shift_NW: torch.Tensor, eps: float) -> torch.Tensor:
-    """y = LayerNorm(x; w, b, eps) * (1 + scale) + shift, in float32, returned in x's dtype."""
+    """y = LayerNorm(x; w, b, eps) * (1 + scale) + shift, eager PyTorch in the inputs' dtypes
+    (as MAR's head computes it; the Triton kernel computes in float32 and rounds once)."""
     _check(x_NW, weight_W, bias_W, scale_NW, shift_NW)
-    w_W = None if weight_W is None else weight_W.float()
-    b_W = None if bias_W is None else bias_W.float()
-    a_NW = F.layer_norm(x_NW.float(), (x_NW.shape[1],), w_W, b_W, eps)  # (x - mu) r w + b
-    return (a_NW * (1 + scale_NW.float()) + shift_NW.float()).to(x_NW.dtype)
+    a_NW = F.layer_norm(x_NW, (x_NW.shape[1],), weight_W, bias_W, eps)  # (x - mu) r w + b
+    return a_NW * (1 + scale_NW) + shift_NW
 
 
 # --------------------------------------------------------------------------------------

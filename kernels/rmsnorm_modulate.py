@@ -10,9 +10,13 @@ Each row ``x`` (length C) of token ``l`` in batch row ``n`` becomes
 
 with the norm weight ``w`` (C), and the scale ``s_n`` and shift ``b_n`` (C) of batch row ``n``,
 shared by all its tokens. This is ``RMSNorm(x) * (1 + scale) + shift`` of the adaLN blocks in
-``hart_edu/ar_transformer.py``. The statistics (and all arithmetic) are float32; ``y`` is
-returned in ``x``'s dtype. (The model rounds ``RMSNorm(x)`` to ``x``'s dtype *before* the
-modulation; for float32 inputs both are the same computation.)
+``hart_edu/ar_transformer.py`` (whose ``RMSNorm`` module is :func:`rms_norm`).
+
+Precision: the reference computes the norm in float32 and rounds ``x w r`` to ``x``'s dtype
+*before* the modulation, which then runs in that dtype: what the official model does (its fused
+RMSNorm returns the input's dtype, the modulation is eager PyTorch). The Triton kernel keeps
+everything in float32 and rounds ``y`` once. For float32 inputs (the golden parity, the tiny
+model) both are the same computation; in bf16 they differ by that one rounding.
 
 Backward, with ``g = dL/dy`` and ``m = w (1 + s_n)``:
 
@@ -51,14 +55,19 @@ def _check(x_NLC: torch.Tensor, weight_C: torch.Tensor, scale_N1C: torch.Tensor,
             raise ValueError(f"{name} must be ({N}, 1, {C}) (one row per batch row), got {tuple(t.shape)}")
 
 
+def rms_norm(x: torch.Tensor, weight_C: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm alone: x / sqrt(mean(x^2) + eps) * w over the last dimension, computed in float32
+    and returned in x's dtype (the official fused RMSNorm)."""
+    x32 = x.float()
+    rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)  # r = 1 / sqrt(mean x^2 + eps)
+    return (x32 * rstd * weight_C.float()).to(x.dtype)
+
+
 def rmsnorm_modulate_reference(x_NLC: torch.Tensor, weight_C: torch.Tensor, scale_N1C: torch.Tensor,
                                shift_N1C: torch.Tensor, eps: float) -> torch.Tensor:
-    """y = x / sqrt(mean(x^2) + eps) * w * (1 + scale) + shift, in float32, returned in x's dtype."""
+    """y = rms_norm(x) * (1 + scale) + shift: the norm in float32, the modulation in x's dtype."""
     _check(x_NLC, weight_C, scale_N1C, shift_N1C)
-    x = x_NLC.float()
-    rstd_NL1 = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # r = 1 / sqrt(mean x^2 + eps)
-    y = x * rstd_NL1 * weight_C.float() * (1 + scale_N1C.float()) + shift_N1C.float()
-    return y.to(x_NLC.dtype)
+    return rms_norm(x_NLC, weight_C, eps) * (1 + scale_N1C) + shift_N1C
 
 
 # --------------------------------------------------------------------------------------

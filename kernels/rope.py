@@ -63,7 +63,7 @@ def _check(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: torch.Tenso
 
 
 def inv_freq(head_dim: int, axes: int, base: float = ROPE_BASE) -> torch.Tensor:
-    """f_j = base^{-2P j / d}, j < d / (2P), float32 (the same expression as the model)."""
+    """f_j = base^{-2P j / d}, j < d / (2P), float32 (the official expression)."""
     return 1.0 / (base ** (torch.arange(0, head_dim, 2 * axes, dtype=torch.int64).float() / head_dim))
 
 
@@ -82,14 +82,16 @@ def rope_reference(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, position_ids: tor
                    base: float = ROPE_BASE) -> RotatedQK:
     """x cos(theta) + rotate_half(x) sin(theta) for q and k; ``position_ids`` (N, L) or (N, L, 2).
 
-    Returned in the inputs' dtype (the angles and products are float32 as in the model)."""
+    The angles, cos and sin are float32 and then cast to the inputs' dtype, as the official
+    rotary embedding does: half-precision q and k are rotated in half precision. (The Triton
+    kernel rotates in float32 and rounds once: the same numbers for float32 inputs.)"""
     P = _check(q_NHLd, k_NHLd, position_ids)
     d = q_NHLd.shape[-1]
     pos_NLP = position_ids.float().reshape(*position_ids.shape[:2], P)
     f_J = inv_freq(d, P, base).to(position_ids.device)
     theta_NLd = torch.cat([torch.cat((pos_NLP[..., a, None] * f_J,) * 2, dim=-1) for a in range(P)], dim=-1)
     cos_N1Ld, sin_N1Ld = theta_NLd.cos().unsqueeze(1), theta_NLd.sin().unsqueeze(1)
-    rotate = lambda x: (x * cos_N1Ld + rotate_half(x) * sin_N1Ld).to(x.dtype)  # noqa: E731
+    rotate = lambda x: x * cos_N1Ld.to(x.dtype) + rotate_half(x) * sin_N1Ld.to(x.dtype)  # noqa: E731
     return RotatedQK(rotate(q_NHLd), rotate(k_NHLd))
 
 

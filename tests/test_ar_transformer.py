@@ -14,7 +14,6 @@ from hart_edu.ar_transformer import (
     OfficialQuirks,
     SamplingSettings,
     TransformerConfig,
-    filter_top_k_top_p,
     tokenizer_folder_for,
 )
 from hart_edu.checkpoint import CheckpointError, config_from_dict, load_weight_file, read_config
@@ -152,18 +151,6 @@ def test_more_smooth_and_maskgit_rounds_run_deterministically(model, tokenizer, 
     b = model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a.image_B3HW, b.image_B3HW)
     assert int((a.indices[-1] < 0).sum()) == 0  # every last-scale position was predicted once
-
-
-def test_filter_top_k_top_p():
-    logits = torch.tensor([[[0.0, 1.0, 2.0, 3.0, 4.0]]])
-    k2 = filter_top_k_top_p(logits, top_k=2, top_p=0.0)
-    assert torch.isfinite(k2).tolist() == [[[False, False, False, True, True]]]
-    assert torch.equal(filter_top_k_top_p(logits, top_k=50, top_p=0.0), logits)  # k >= V keeps all
-    p = logits.softmax(-1)[0, 0]  # ~ [.01, .03, .09, .24, .64]
-    nucleus = filter_top_k_top_p(logits, top_k=0, top_p=0.5)
-    assert torch.isfinite(nucleus).tolist() == [[[False, False, False, False, True]]] and p[-1] > 0.5
-    nucleus = filter_top_k_top_p(logits, top_k=0, top_p=0.8)
-    assert torch.isfinite(nucleus).sum() == 2
 
 
 @needs_golden

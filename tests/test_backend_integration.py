@@ -118,9 +118,9 @@ def _randomize(module: torch.nn.Module, generator: torch.Generator, scale: float
 def child_modules() -> None:
     """Block (RMSNorm+modulate, RoPE, SwiGLU), the head's adaLN, the diffusion MLP (LayerNorm +
     modulate) and the nearest code: forward and parameter gradients under both backends."""
-    from hart_edu.ar_transformer import AdaLNBeforeHead, Block, KVCache, TransformerConfig, rope_1d, rope_2d
+    from hart_edu.ar_transformer import AdaLNBeforeHead, Block, KVCache, TransformerConfig
+    from hart_edu.kernels.nearest_code import nearest_code
     from hart_edu.residual_diffusion import MLPAdaLN
-    from hart_edu.vq import nearest_code
 
     g = torch.Generator().manual_seed(0)
     config = TransformerConfig(attn_type="llama", mlp_type="llama", embed_dim=48, num_heads=3, depth=1,
@@ -130,10 +130,11 @@ def child_modules() -> None:
     _randomize(head_nm, g)
     cond_NTC, mask_NT = torch.randn(2, 5, 48, generator=g), torch.ones(2, 5, dtype=torch.bool)
     x_NLC = torch.randn(2, 9, 48, generator=g)
-    for rope in (rope_2d(torch.rand(2, 9, 2, generator=g) * 8, 16), rope_1d(torch.arange(9).expand(2, 9), 16)):
-        def transformer_step(rope=rope):
+    for positions in (torch.rand(2, 9, 2, generator=g) * 8, torch.arange(9).expand(2, 9)):  # 2-D, then 1-D RoPE
+        def transformer_step(positions=positions):
             block.zero_grad()
-            out = block(x_NLC, block.modulation(cond_NTC, mask_NT), rope, KVCache(), mask_NT[:, :1].expand(2, 9), False)
+            out = block(x_NLC, block.modulation(cond_NTC, mask_NT), positions, KVCache(), mask_NT[:, :1].expand(2, 9),
+                        False)
             logits_in = head_nm(out, cond_NTC)
             (logits_in.square().mean() + out.square().mean()).backward()
             return [logits_in.detach()] + [p.grad.clone() for p in block.parameters() if p.grad is not None]

@@ -60,6 +60,8 @@ def test_bytes_and_flops_accounting(device):
     nc = cases["nearest_code fp32"]
     rows = sum(p * p for p in TINY.patch_nums)
     assert nc.bound == "compute" and nc.flops == 2 * rows * TINY.vocab_size * TINY.vae_channels
+    l, V = TINY.last_stage_tokens, TINY.vocab_size  # the pipeline's sampling step: logits, noise, filtered, codes
+    assert cases["cfg_sample top-k 300 multinomial"].bytes_moved == (B * l * V + 2 * (B // 2) * l * V) * 4 + l * 8
 
 
 def test_rates_and_fraction_of_peak():
