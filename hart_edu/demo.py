@@ -87,7 +87,7 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
     """Text to image with the tiny HART: a grid of ``n`` held-out captions, per-image time."""
     import time
 
-    from hart_edu.eval import DEFAULT_CFG, EvalResult, pipeline_generator, save_grid
+    from hart_edu.eval import DEFAULT_CFG, pipeline_generator, save_grid
     from hart_edu.sampler import HARTPipeline
 
     if n < 1:
@@ -104,7 +104,7 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
         seconds.append(time.perf_counter() - t0)
     images_B3HW = torch.cat(images)
     correct = [check_image(img, scene).correct for img, scene in zip(images_B3HW, scenes)]
-    save_grid(EvalResult({}, images_B3HW, scenes, sum(seconds)), Path(out), count=n, columns=min(n, 6))
+    save_grid(images_B3HW, scenes, Path(out), count=n, columns=min(n, 6))
     for scene, ok, t in zip(scenes, correct, seconds):
         print(f"{'ok  ' if ok else 'MISS'} {t:5.3f} s  {scene.caption}")
     median = sorted(seconds)[len(seconds) // 2]

@@ -134,8 +134,10 @@ def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Genera
 # --------------------------------------------------------------------------------------
 
 
-def save_grid(result: EvalResult, path: Path, count: int = 24, columns: int = 6) -> None:
-    """The first ``count`` images with their captions; a red title marks a wrong attribute."""
+def save_grid(images_B3HW: torch.Tensor, scenes: Sequence[Scene], path: Path, count: int = 24,
+              columns: int = 6) -> None:
+    """The first ``count`` images (B, 3, H, W) with their scenes' captions; a red title marks an
+    image that the scene checker finds wrong in some attribute."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,13 +145,13 @@ def save_grid(result: EvalResult, path: Path, count: int = 24, columns: int = 6)
 
     from hart_edu.data.scenes import check_image
 
-    count = min(count, result.n)
+    count = min(count, len(images_B3HW), len(scenes))
     rows = math.ceil(count / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(count):
-        img_3HW, scene = result.images_B3HW[i], result.scenes[i]
+        img_3HW, scene = images_B3HW[i], scenes[i]
         ok = check_image(img_3HW, scene).correct
         ax = axes.flat[i]
         ax.imshow(to_output_range(img_3HW.clamp(-1, 1)).permute(1, 2, 0).numpy())
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     label = f"cfg={args.cfg:g}, residual {'on' if residual else 'off'}"
     print_table(result, label)
-    save_grid(result, args.out / "samples.png")
+    save_grid(result.images_B3HW, result.scenes, args.out / "samples.png")
     report.update({"cfg": args.cfg, "scores": result.scores, "seconds": round(result.seconds, 2),
                    "line": eval_line(result)})
     (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

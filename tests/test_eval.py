@@ -24,7 +24,7 @@ def test_perfect_generator_scores_about_one(tmp_path):
         assert result.scores[name] >= 0.95, (name, result.scores)
     line = eval_line(result)
     assert LINE.match(line), line
-    save_grid(result, tmp_path / "grid.png", count=8, columns=4)
+    save_grid(result.images_B3HW, result.scenes, tmp_path / "grid.png", count=8, columns=4)
     assert (tmp_path / "grid.png").stat().st_size > 1000
 
 
