@@ -53,3 +53,15 @@ def test_shipped_tokenizer_meets_its_targets():
     report = evaluate(tok, n=64, seed=5)
     assert report["psnr_hybrid_db"] - report["psnr_discrete_db"] >= 3.0, report
     assert report["codebook_used_fraction"] >= 0.5, report
+
+
+def test_warmup_cosine_lr_shared_by_both_training_scripts():
+    import hart_edu.train.tokenizer as tok_train
+    import hart_edu.train.transformer as tf_train
+    from hart_edu.train import warmup_cosine_lr
+
+    lr = [warmup_cosine_lr(t, 1e-3, 4, 20) for t in range(20)]
+    assert lr[:4] == [2.5e-4, 5e-4, 7.5e-4, 1e-3]  # linear warm-up
+    assert lr[4] == 1e-3 and all(a > b for a, b in zip(lr[4:], lr[5:]))  # then decays
+    assert warmup_cosine_lr(20, 1e-3, 4, 20) == pytest.approx(1e-4)  # to 10%
+    assert tok_train.warmup_cosine_lr is tf_train.warmup_cosine_lr is warmup_cosine_lr

@@ -3,11 +3,13 @@
 Each script keeps its knobs in a ``TrainSettings`` dataclass; :func:`add_settings_arguments`
 turns the fields into command-line flags (booleans get ``--x/--no-x``) and
 :func:`settings_from_args` reads them back, so a field added to the dataclass is a flag at once.
+Both scripts follow the learning-rate schedule :func:`warmup_cosine_lr`.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import fields
 from typing import TypeVar
 
@@ -27,3 +29,16 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type) 
 
 def settings_from_args(settings_cls: type[S], args: argparse.Namespace) -> S:
     return settings_cls(**{f.name: getattr(args, f.name) for f in fields(settings_cls)})
+
+
+def warmup_cosine_lr(step: int, lr: float, warmup: int, steps: int) -> float:
+    """The learning rate at ``step`` (0-based) of a ``steps``-step run: a linear warm-up over
+    ``warmup`` steps, then a cosine decay to 10% of ``lr``::
+
+        lr_t = lr * (t + 1) / W                                  for t < W
+        lr_t = lr * (0.1 + 0.9 * (1 + cos(pi * p)) / 2),  p = (t - W) / max(1, T - W)   after
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from tqdm import tqdm
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
 from hart_edu.images import psnr
-from hart_edu.train import add_settings_arguments, settings_from_args
+from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr
 from hart_edu.vq import codebook_usage
 
 TINY_TOKENIZER = TokenizerConfig(
@@ -102,14 +101,6 @@ def evaluate(tok: HybridTokenizer, n: int = 256, seed: int = 1, batch_size: int 
     }
 
 
-def _lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to 10%."""
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
-    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 @torch.no_grad()
 def _restart_dead_codes(tok: HybridTokenizer, hits_V: torch.Tensor, f_BChw: torch.Tensor,
                         g: torch.Generator) -> int:
@@ -162,7 +153,7 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
         img_B3HW = torch.stack([data[(first + i) % s.train_examples].image_3HW for i in range(s.batch_size)])
         keep_residual = s.discrete_every == 0 or step % s.discrete_every != s.discrete_every - 1
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, s)
+            group["lr"] = warmup_cosine_lr(step, s.lr, s.warmup, s.steps)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
             f_BChw = tok.encode_latent(img_B3HW)
         q = tok.quantizer(f_BChw.float(), keep_residual=keep_residual)

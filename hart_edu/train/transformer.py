@@ -81,7 +81,7 @@ from hart_edu.text_encoder import (
     TextEncoding,
     pip_model_folder,
 )
-from hart_edu.train import add_settings_arguments, settings_from_args
+from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr
 
 __all__ = [
     "TEXT_ENCODER_PACKAGE",
@@ -347,14 +347,6 @@ def _result_settings(settings: dict) -> dict:
     return {k: v for k, v in with_defaults.items() if k not in ("threads", "log_every")}
 
 
-def _lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to 10%."""
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
-    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only (not on biases, norms, embeddings of levels)."""
     decay, no_decay = [], []
@@ -432,7 +424,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
     last = s.steps if stop_at is None else min(s.steps, stop_at)
     while step < last:
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, s)
+            group["lr"] = warmup_cosine_lr(step, s.lr, s.warmup, s.steps)
         rows_B = torch.randint(0, N, (s.batch_size,), generator=g)
         losses = training_losses(model, tok.quantizer, enc, rows_B, g, s.bf16, ce_weights_K)
         opt.zero_grad(set_to_none=True)
@@ -445,7 +437,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         history.append({"step": step, "loss": float(losses.loss.detach()), "ce": float(losses.ce.detach()),
                         "diffusion": float(losses.diffusion.loss.detach()), "diffusion_mse": float(losses.diffusion.mse.detach()),
                         "diffusion_vb": float(losses.diffusion.vb.detach()), "token_accuracy": losses.accuracy,
-                        "grad_norm": grad_norm, "lr": _lr_at(step, s)})
+                        "grad_norm": grad_norm, "lr": warmup_cosine_lr(step, s.lr, s.warmup, s.steps)})
         step += 1
         bar.update(1)
         if step % s.log_every == 0 or step == s.steps:
