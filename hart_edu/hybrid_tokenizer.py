@@ -21,6 +21,7 @@ Loading follows the official ``tokenizer/`` folder: ``config.json`` (model_type
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +39,8 @@ from hart_edu.checkpoint import (
     read_config,
 )
 from hart_edu.vq import MultiScaleCodes, MultiScaleResidualQuantizer
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TokenizerConfig", "HybridTokenizer", "TokenizerEncoding", "MODEL_TYPE"]
 
@@ -294,7 +297,8 @@ class HybridTokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "HybridTokenizer":
-        """Load an official-layout ``tokenizer/`` folder (strict; ``disc.*`` ignored)."""
+        """Load an official-layout ``tokenizer/`` folder (strict; the training-only ``disc.*``
+        keys are ignored, which the ``hart_edu.hybrid_tokenizer`` logger reports at INFO)."""
         folder = Path(folder)
         config = config_from_dict(TokenizerConfig, read_config(folder, MODEL_TYPE),
                                   source=str(folder / "config.json"))
@@ -302,7 +306,7 @@ class HybridTokenizer(nn.Module):
         state = load_weight_file(path)
         disc = [k for k in state if k.startswith("disc.")]
         if disc:
-            print(f"note: ignoring {len(disc)} training-only discriminator keys (disc.*) in {path.name}")
+            logger.info("ignoring %d training-only discriminator keys (disc.*) in %s", len(disc), path.name)
         model = cls(config)
         expected = {_official_key(k): v.shape for k, v in model.state_dict().items()}
         vae_state = {k: v for k, v in state.items() if not k.startswith("disc.")}
