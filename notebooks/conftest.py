@@ -1,0 +1,53 @@
+"""The time limit of the notebooks, for ``make test-nb`` (nbval runs every notebook here).
+
+nbval turns each notebook into one test item per code cell; the kernel starts in the first
+item's setup and stops in the last item's teardown. Summing the setup, call and teardown
+durations of a notebook's items gives its whole run, kernel start included. A notebook over
+``HART_EDU_NOTEBOOK_LIMIT_S`` seconds (default 90, the course's limit on 2 CPU cores) fails the
+session; the table of every notebook's time is printed either way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import pytest
+
+LIMIT_S = float(os.environ.get("HART_EDU_NOTEBOOK_LIMIT_S", "90"))
+_seconds: dict[str, float] = defaultdict(float)  # notebook path -> seconds so far
+
+
+def notebook_of(nodeid: str) -> str | None:
+    """``notebooks/05_sampler.ipynb`` for an nbval item ``notebooks/05_sampler.ipynb::Cell 3``."""
+    path = nodeid.split("::", 1)[0]
+    return path if path.endswith(".ipynb") else None
+
+
+def over_limit(seconds: dict[str, float], limit_s: float) -> dict[str, float]:
+    return {path: s for path, s in seconds.items() if s > limit_s}
+
+
+def pytest_runtest_logreport(report):
+    path = notebook_of(report.nodeid)
+    if path is not None:
+        _seconds[path] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _seconds:
+        return
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    terminalreporter.section(f"notebook times (limit {LIMIT_S:g} s each; load average {load})")
+    for path, s in sorted(_seconds.items()):
+        terminalreporter.write_line(f"{s:7.1f} s  {path}" + ("   OVER THE LIMIT" if s > LIMIT_S else ""))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    slow = over_limit(_seconds, LIMIT_S)
+    if slow:
+        listing = "; ".join(f"{p} {s:.1f} s" for p, s in sorted(slow.items()))
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line(f"notebook time limit of {LIMIT_S:g} s exceeded: {listing}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

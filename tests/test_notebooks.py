@@ -1,0 +1,142 @@
+"""The committed notebooks: clean outputs, and the per-notebook time limit of ``make test-nb``.
+
+The notebooks are committed executed, so learners read their outputs without running them. An
+output that shows a traceback, a warning, a progress bar, a path of the machine that ran it, an
+empty figure or a "not there yet" fallback teaches the wrong thing, and nbval's lax mode does not
+look at outputs at all. These tests read the committed files (no kernel); the time limit itself
+is enforced by notebooks/conftest.py while nbval runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hart_edu.paths import REPO_ROOT, display_path
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+# (what is wrong, pattern) for every text output: stdout/stderr streams, text/plain, html, markdown
+DEBRIS = [
+    ("a traceback", re.compile(r"Traceback \(most recent call last\)|\x1b\[")),
+    ("warning text", re.compile(r"\b[A-Z]?\w*Warning\b|warnings\.warn")),
+    ("progress-bar debris", re.compile(r"\r|\d\s?(it/s|s/it)\b|\d+%\|")),
+    ("an absolute path of the machine", re.compile(
+        r"(?<![\w.~])/(work|home|tmp|root|Users|usr|opt|mnt|var)/|site-packages|\b[A-Z]:\\\\")),
+    ("a fallback message", re.compile(
+        r"not there yet|not (yet )?(found|available)|is missing|no such file|fall(ing)? ?back",
+        re.IGNORECASE)),
+    ("an empty figure", re.compile(r"<Figure size [\d.x]+ with 0 Axes>")),
+]
+TEXT_TYPES = ("text/plain", "text/html", "text/markdown")
+
+
+def output_texts(output: dict) -> list[str]:
+    """The text of one cell output (images are skipped)."""
+    if output["output_type"] == "stream":
+        return ["".join(output["text"])]
+    if output["output_type"] == "error":
+        return ["".join(output.get("traceback", [])) or output.get("ename", "")]
+    return ["".join(output.get("data", {}).get(t, "")) for t in TEXT_TYPES]
+
+
+def problems(notebook: dict) -> list[str]:
+    """Every reason, one line each, why the committed outputs of ``notebook`` are not clean."""
+    found = []
+    code_cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    for i, cell in enumerate(code_cells):
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "error":
+                found.append(f"code cell {i}: an error output ({output.get('ename')})")
+            if output["output_type"] == "stream" and output["name"] == "stderr":
+                found.append(f"code cell {i}: stderr output {''.join(output['text'])[:80]!r}")
+            for text in output_texts(output):
+                for what, pattern in DEBRIS:
+                    if m := pattern.search(text):
+                        found.append(f"code cell {i}: {what}: ...{text[max(0, m.start() - 40):m.end() + 40]!r}...")
+    counts = [c.get("execution_count") for c in code_cells]
+    if counts != list(range(1, len(code_cells) + 1)):
+        found.append(f"not executed top to bottom in one fresh kernel: execution counts {counts}")
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_outputs_are_clean(path):
+    found = problems(json.loads(path.read_text()))
+    assert not found, f"{path.name}:\n" + "\n".join(found)
+
+
+def _notebook(*outputs_per_cell) -> dict:
+    cells = [{"cell_type": "code", "execution_count": i + 1, "source": "", "metadata": {}, "outputs": list(outs)}
+             for i, outs in enumerate(outputs_per_cell)]
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def _stdout(text: str) -> dict:
+    return {"output_type": "stream", "name": "stdout", "text": [text]}
+
+
+@pytest.mark.parametrize("output, expected", [
+    ({"output_type": "error", "ename": "ValueError", "evalue": "x", "traceback": ["ValueError: x"]}, "error output"),
+    ({"output_type": "stream", "name": "stderr", "text": ["hello\n"]}, "stderr output"),
+    (_stdout("Traceback (most recent call last):\n"), "a traceback"),
+    (_stdout("x.py:3: UserWarning: careful\n"), "warning text"),
+    (_stdout("TqdmWarning: IProgress not found\n"), "warning text"),
+    (_stdout("encode: 100%|#####| 1/1 [00:03<00:00,  3.17s/it]"), "progress-bar debris"),
+    (_stdout("step 3\rstep 4"), "progress-bar debris"),
+    (_stdout("loading 26/26 [00:00, 6824.70it/s]"), "progress-bar debris"),
+    (_stdout("weights: /work/main/weights/tiny\n"), "an absolute path"),
+    (_stdout("cache: /root/.cache/hart_edu\n"), "an absolute path"),
+    (_stdout("in .venv/lib/python3.11/site-packages/tqdm\n"), "an absolute path"),
+    (_stdout("samples.png is not there yet: run the eval\n"), "a fallback message"),
+    ({"output_type": "display_data", "metadata": {},
+      "data": {"text/plain": ["<Figure size 640x480 with 0 Axes>"]}}, "an empty figure"),
+])
+def test_each_kind_of_debris_is_caught(output, expected):
+    found = problems(_notebook([_stdout("fine\n")], [output]))
+    assert len(found) >= 1 and all(line.startswith("code cell 1:") for line in found), found
+    assert any(expected in line for line in found), found
+
+
+def test_clean_outputs_pass_and_relative_paths_are_fine():
+    clean = _notebook([_stdout("weights: weights/tiny\ncache: ~/.cache/hart_edu\n0.5 s per image, 3/4 right\n")],
+                      [{"output_type": "display_data", "metadata": {},
+                        "data": {"text/plain": ["<Figure size 640x480 with 2 Axes>"], "image/png": "iVBOR"}}])
+    assert problems(clean) == []
+
+
+def test_cells_executed_out_of_order_are_caught():
+    nb = _notebook([_stdout("a\n")], [_stdout("b\n")])
+    nb["cells"][1]["execution_count"] = 5
+    assert any("execution counts [1, 5]" in line for line in problems(nb))
+
+
+def test_display_path_hides_the_machine():
+    assert display_path(REPO_ROOT / "weights" / "tiny") == "weights/tiny"
+    assert display_path(Path.home() / ".cache" / "hart_edu") == "~/.cache/hart_edu"
+    assert display_path("/some/other/place") == "/some/other/place"
+
+
+def test_a_notebook_over_the_time_limit_fails_the_nbval_run(tmp_path):
+    """notebooks/conftest.py under nbval: a notebook that sleeps 2 s, with a 1 s limit, fails
+    the session (exit 1) and is named; the times are printed."""
+    import nbformat
+
+    shutil.copy(REPO_ROOT / "notebooks" / "conftest.py", tmp_path / "conftest.py")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(2)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "slow.ipynb")
+    env = dict(os.environ, HART_EDU_NOTEBOOK_LIMIT_S="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
+                          "-p", "no:cacheprovider", str(tmp_path)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "notebook time limit of 1 s exceeded: slow.ipynb" in run.stdout
+    assert re.search(r"\d+\.\d s  slow\.ipynb   OVER THE LIMIT", run.stdout)
