@@ -58,15 +58,8 @@ def scale_progression(pipe, out) -> list[Any]:
     """
     import torch
 
-    quantizer = pipe.tokenizer.quantizer
-    B, p = out.indices[0].shape[0], quantizer.patch_nums[-1]
-    f_hat_BChw = quantizer.embedding.weight.new_zeros(B, quantizer.channels, p, p)
-    panels = []
     with torch.no_grad():
-        for si, idx_Bl in enumerate(out.indices):
-            f_hat_BChw = quantizer.next_autoregressive_input(si, f_hat_BChw, quantizer.embed(idx_Bl)).fhat_BChw
-            panels.append(pipe.decode(f_hat_BChw))
-    return panels
+        return [pipe.decode(f_hat_BChw) for f_hat_BChw in pipe.tokenizer.quantizer.running_fhat(out.indices)]
 
 
 def _whole(value: Any, name: str, low: int, high: int) -> int:

@@ -98,7 +98,7 @@ import torch
 from torch import nn
 
 from hart_edu.checkpoint import check_state_dict
-from hart_edu.kernels import backend as kernel_backend
+from hart_edu.kernels.layernorm_modulate import layernorm_modulate
 
 __all__ = [
     "DiffusionHeadConfig",
@@ -381,12 +381,8 @@ class TimestepEmbedder(nn.Module):
 
 def layer_norm_modulate(norm: nn.LayerNorm, h_NW: torch.Tensor, scale_NW: torch.Tensor,
                         shift_NW: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``norm(h) * (1 + scale) + shift``; one fused kernel under ``use_backend("triton")``."""
-    if kernel_backend.get_backend() == "triton":
-        from hart_edu.kernels.layernorm_modulate import layernorm_modulate_triton  # imports Triton: on first use only
-
-        return layernorm_modulate_triton(h_NW, norm.weight, norm.bias, scale_NW, shift_NW, norm.eps)
-    return norm(h_NW) * (1 + scale_NW) + shift_NW
+    """adaLN: ``norm(h) * (1 + scale) + shift`` (``hart_edu.kernels.layernorm_modulate``)."""
+    return layernorm_modulate(h_NW, norm.weight, norm.bias, scale_NW, shift_NW, norm.eps)
 
 
 class AdaLNResBlock(nn.Module):

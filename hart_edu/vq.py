@@ -35,16 +35,16 @@ one scale, row-major), ``z_NC`` (flattened vectors).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hart_edu.kernels import backend as kernel_backend
+from hart_edu.kernels.nearest_code import nearest_code
 
 __all__ = [
-    "nearest_code",
     "straight_through",
     "vq_losses",
     "codebook_usage",
@@ -65,28 +65,10 @@ __all__ = [
 # 1-3. One codebook
 # ----------------------------------------------------------------------------------------------
 
-
-def nearest_code(z_NC: torch.Tensor, codebook_VC: torch.Tensor, cosine: bool = False) -> torch.Tensor:
-    """Index of the nearest code for each row: ``argmin_k ||z - e_k||^2`` -> ``idx_N``.
-
-    Computed as ``||z||^2 + ||e||^2 - 2 z e^T`` (one matmul), exactly as the official code
-    does, so ties and near-ties resolve the same way. With ``cosine`` (the official
-    ``using_znorm``) both sides are L2-normalised and the largest dot product wins.
-    Under ``use_backend("triton")`` one kernel keeps a running argmin instead
-    (``hart_edu.kernels.nearest_code``; float32, equal up to near-ties).
-    """
-    if z_NC.dim() != 2 or codebook_VC.dim() != 2 or z_NC.shape[1] != codebook_VC.shape[1]:
-        raise ValueError(f"nearest_code wants (N, C) and (V, C), got {tuple(z_NC.shape)} and "
-                         f"{tuple(codebook_VC.shape)}")
-    if kernel_backend.get_backend() == "triton":  # argmin without the (N, V) distance matrix
-        from hart_edu.kernels.nearest_code import nearest_code_triton  # imports Triton: on first use only
-
-        return nearest_code_triton(z_NC, codebook_VC, cosine)
-    if cosine:
-        return (F.normalize(z_NC, dim=1) @ F.normalize(codebook_VC, dim=1).T).argmax(dim=1)
-    dist_NV = z_NC.square().sum(1, keepdim=True) + codebook_VC.square().sum(1)
-    dist_NV = dist_NV.addmm(z_NC, codebook_VC.T, alpha=-2.0)
-    return dist_NV.argmin(dim=1)
+# The nearest code (1.) is ``hart_edu.kernels.nearest_code.nearest_code``: its PyTorch reference
+# is the expanded form above, one matmul, as the official code computes it (with ``cosine``, the
+# official ``using_znorm``, both sides L2-normalised and the largest dot product wins); under
+# ``use_backend("triton")`` one kernel keeps a running argmin instead of the (N, V) distances.
 
 
 def straight_through(z: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
@@ -318,22 +300,29 @@ class MultiScaleResidualQuantizer(nn.Module):
             raise ValueError(f"expected a latent (B, {self.channels}, {full}, {full}) for patch_nums "
                              f"{self.patch_nums}, got {tuple(f_BChw.shape)}")
 
+    def _residual_steps(self, f_BChw: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Residual quantization of ``f``, scale by scale: yields ``(idx_Bl, fhat_BChw, rest_BChw)``
+        after each scale (r_s = area(r, p_s), k_s = NN(r_s), h_s = phi_s(bicubic(e_k, H)),
+        f_hat += h_s, r -= h_s). f_hat keeps the gradient of the Phi convolutions; r does not."""
+        H = f_BChw.shape[-1]
+        rest_BChw = f_BChw.detach().clone()
+        fhat_BChw = torch.zeros_like(rest_BChw)
+        for si, pn in enumerate(self.patch_nums):
+            idx_Bl = self._nearest(_resize(rest_BChw, pn, "area"))
+            h_BChw = self.scale_contribution(si, self.embed(idx_Bl), H)
+            fhat_BChw = fhat_BChw + h_BChw
+            rest_BChw = rest_BChw - h_BChw.detach()
+            yield idx_Bl, fhat_BChw, rest_BChw
+
     @torch.no_grad()
     def encode(self, f_BChw: torch.Tensor) -> MultiScaleCodes:
         """Residual quantization of ``f`` over all scales (the official ``f_to_idxBl_and_frest``)."""
         self._check_latent(f_BChw)
-        H = f_BChw.shape[-1]
-        rest_BChw = f_BChw.float().clone()
-        fhat_BChw = torch.zeros_like(rest_BChw)
-        idx_Bl = []
-        for si, pn in enumerate(self.patch_nums):
-            if si == self.num_scales - 1:
-                rest_before_last_BChw = rest_BChw.clone()
-            idx_Bl.append(self._nearest(_resize(rest_BChw, pn, "area")))
-            h_BChw = self.scale_contribution(si, self.embed(idx_Bl[-1]), H)
-            fhat_BChw = fhat_BChw + h_BChw
-            rest_BChw = rest_BChw - h_BChw
-        return MultiScaleCodes(idx_Bl, fhat_BChw, rest_BChw, rest_before_last_BChw)
+        idx_Bl, rests = [], [f_BChw.float()]
+        for idx, fhat_BChw, rest_BChw in self._residual_steps(f_BChw.float()):
+            idx_Bl.append(idx)
+            rests.append(rest_BChw)
+        return MultiScaleCodes(idx_Bl, fhat_BChw, rests[-1], rests[-2])
 
     def next_autoregressive_input(self, si: int, fhat_BChw: torch.Tensor, h_BChw: torch.Tensor) -> ARStep:
         """One step of inference (official ``get_next_autoregressive_input``), not in place.
@@ -346,28 +335,33 @@ class MultiScaleResidualQuantizer(nn.Module):
             return ARStep(fhat_BChw, None)
         return ARStep(fhat_BChw, _resize(fhat_BChw, self.patch_nums[si + 1], "area"))
 
-    def indices_to_fhat(self, idx_Bl: list[torch.Tensor]) -> torch.Tensor:
-        """Compose f_hat from per-scale indices exactly as inference does (discrete only)."""
-        if len(idx_Bl) != self.num_scales:
-            raise ValueError(f"expected {self.num_scales} index maps, got {len(idx_Bl)}")
+    def running_fhat(self, idx_Bl: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """f_hat after each of the given first scales (VAR's ``embed_to_fhat``), composed exactly as
+        inference does: ``f_hat_s = sum_{j <= s} phi_j(bicubic(e[idx_j], H))`` (discrete only; no
+        Phi at HART's last scale). ``idx_Bl``: the codes of scales 0, 1, ... (at most all S)."""
+        if not 0 < len(idx_Bl) <= self.num_scales:
+            raise ValueError(f"expected 1 to {self.num_scales} index maps, got {len(idx_Bl)}")
         B, full = idx_Bl[0].shape[0], self.patch_nums[-1]
         fhat_BChw = self.embedding.weight.new_zeros(B, self.channels, full, full)
+        fhats = []
         for si, idx in enumerate(idx_Bl):
             fhat_BChw = self.next_autoregressive_input(si, fhat_BChw, self.embed(idx)).fhat_BChw
-        return fhat_BChw
+            fhats.append(fhat_BChw)
+        return fhats
 
-    def teacher_forcing_inputs(self, idx_Bl: list[torch.Tensor]) -> torch.Tensor:
+    def indices_to_fhat(self, idx_Bl: Sequence[torch.Tensor]) -> torch.Tensor:
+        """f_hat of all S scales' indices, as inference composes it (discrete only)."""
+        if len(idx_Bl) != self.num_scales:
+            raise ValueError(f"expected {self.num_scales} index maps, got {len(idx_Bl)}")
+        return self.running_fhat(idx_Bl)[-1]
+
+    def teacher_forcing_inputs(self, idx_Bl: Sequence[torch.Tensor]) -> torch.Tensor:
         """Transformer inputs for training: for each scale after the first, the f_hat built from
         the earlier scales, area-downsampled to that scale, flattened and concatenated:
         ``x_BLC`` with L = sum(p*p for p in patch_nums[1:])."""
-        B, full = idx_Bl[0].shape[0], self.patch_nums[-1]
-        fhat_BChw = self.embedding.weight.new_zeros(B, self.channels, full, full)
-        inputs = []
-        for si in range(self.num_scales - 1):
-            step = self.next_autoregressive_input(si, fhat_BChw, self.embed(idx_Bl[si]))
-            fhat_BChw = step.fhat_BChw
-            inputs.append(step.next_BChw.flatten(2).transpose(1, 2))
-        return torch.cat(inputs, dim=1)
+        fhats = self.running_fhat(idx_Bl[: self.num_scales - 1])
+        return torch.cat([_resize(fhat_BChw, self.patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
+                          for si, fhat_BChw in enumerate(fhats)], dim=1)
 
     def forward(self, f_BChw: torch.Tensor, keep_residual: bool = True) -> QuantizerOutput:
         """Training pass: quantize, VQ loss, straight-through output.
@@ -380,15 +374,9 @@ class MultiScaleResidualQuantizer(nn.Module):
         """
         self._check_latent(f_BChw)
         f_BChw = f_BChw.float()
-        H = f_BChw.shape[-1]
-        rest_BChw = f_BChw.detach().clone()
-        fhat_BChw = torch.zeros_like(rest_BChw)
         idx_Bl, vq_loss = [], f_BChw.new_zeros(())
-        for si, pn in enumerate(self.patch_nums):
-            idx_Bl.append(self._nearest(_resize(rest_BChw, pn, "area")))
-            h_BChw = self.scale_contribution(si, self.embed(idx_Bl[-1]), H)
-            fhat_BChw = fhat_BChw + h_BChw
-            rest_BChw = rest_BChw - h_BChw.detach()
+        for idx, fhat_BChw, _ in self._residual_steps(f_BChw):
+            idx_Bl.append(idx)
             vq_loss = vq_loss + self.beta * F.mse_loss(fhat_BChw.detach(), f_BChw) \
                 + F.mse_loss(fhat_BChw, f_BChw.detach())
         if self.hybrid and keep_residual:

@@ -7,11 +7,12 @@ For each row ``z_n`` (C) and a codebook ``e`` (V, C):
     k_n = \arg\min_k \lVert z_n - e_k \rVert^2
         = \arg\min_k \big( \lVert z_n\rVert^2 + \lVert e_k\rVert^2 - 2\, z_n \cdot e_k \big)
 
-(``hart_edu.vq.nearest_code``). With ``cosine`` both sides are L2-normalised first and the
-largest dot product wins, which is the same argmin since then
-``||z - e||^2 = 2 - 2 z.e``.
+(the lookup of ``hart_edu.vq``'s quantizers). With ``cosine`` (the official ``using_znorm``)
+both sides are L2-normalised first and the largest dot product wins, which is the same argmin
+since then ``||z - e||^2 = 2 - 2 z.e``.
 
-The reference builds the (N, V) distance matrix. The Triton kernel never does: a program takes
+The reference builds the (N, V) distance matrix in float32 with the expanded form, one matmul,
+as the official code does (so ties and near-ties resolve as there). The Triton kernel never does: a program takes
 ``BLOCK_N`` rows, walks the codebook in blocks of ``BLOCK_V`` codes (and C in chunks of
 ``BLOCK_C``), and keeps a running minimum and its index:
 

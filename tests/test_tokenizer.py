@@ -15,7 +15,6 @@ from hart_edu.parity import run_parity
 from hart_edu.vq import (
     MultiScaleResidualQuantizer,
     codebook_usage,
-    nearest_code,
     phi_index,
     straight_through,
 )
@@ -54,15 +53,6 @@ def test_manifest_tokenizer_part(golden_dir):
 # -- the VQ math -----------------------------------------------------------------------------
 
 
-def test_nearest_code_is_brute_force_argmin():
-    g = torch.Generator().manual_seed(0)
-    z_NC, e_VC = torch.randn(50, 6, generator=g), torch.randn(20, 6, generator=g)
-    brute_N = torch.cdist(z_NC, e_VC).argmin(dim=1)
-    assert torch.equal(nearest_code(z_NC, e_VC), brute_N)
-    with pytest.raises(ValueError, match=r"\(N, C\)"):
-        nearest_code(z_NC, e_VC[:, :5])
-
-
 def test_straight_through_value_and_gradient():
     z = torch.randn(3, 4, requires_grad=True)
     z_q = torch.zeros(3, 4)
@@ -92,13 +82,16 @@ def test_residual_quantization_rebuilds_f_scale_by_scale():
     codes = q.encode(f_BChw)
     # hybrid: discrete + continuous residual is exactly f
     torch.testing.assert_close(codes.fhat_discrete_BChw + codes.residual_BChw, f_BChw)
-    fhat_BChw, errors = torch.zeros_like(f_BChw), []
     with torch.no_grad():
-        for si, idx_Bl in enumerate(codes.idx_Bl):
-            fhat_BChw = q.next_autoregressive_input(si, fhat_BChw, q.embed(idx_Bl)).fhat_BChw
-            errors.append(float((f_BChw - fhat_BChw).pow(2).mean()))
-    torch.testing.assert_close(fhat_BChw, codes.fhat_discrete_BChw)
+        fhats = q.running_fhat(codes.idx_Bl)  # f_hat after each scale, as inference composes it
+        assert all(torch.equal(a, b) for a, b in zip(q.running_fhat(codes.idx_Bl[:2]), fhats[:2]))
+    assert len(fhats) == 4
+    torch.testing.assert_close(fhats[-1], codes.fhat_discrete_BChw)
+    torch.testing.assert_close(codes.rest_before_last_BChw, f_BChw - fhats[-2])
+    errors = [float((f_BChw - fhat_BChw).pow(2).mean()) for fhat_BChw in fhats]
     assert errors[-1] < 0.5 * float(f_BChw.pow(2).mean())
+    with pytest.raises(ValueError, match="expected 1 to 4 index maps"):
+        q.running_fhat([])
 
 
 def test_teacher_forcing_inputs_match_inference_steps():
