@@ -208,8 +208,12 @@ class Models:
     pad_token_id: int
 
 
-def build_models(arch: Architecture, device: torch.device, dtype: torch.dtype, seed: int) -> Models:
-    """Build ``arch`` with random weights (seed ``seed``) on ``device`` in ``dtype``."""
+def build_models(arch: Architecture, device: torch.device, dtype: torch.dtype, seed: int,
+                 materialise: Callable[..., nn.Module] = materialise_random) -> Models:
+    """Build ``arch`` with random weights (seed ``seed``) on ``device`` in ``dtype``.
+    ``materialise(model, device, dtype, generator)`` draws each model's weights (the default,
+    :func:`materialise_random`; ``hart_edu.quantize.materialise_random_int8`` draws the same
+    numbers and quantizes the linear layers as it goes)."""
     import transformers
 
     from hart_edu.ar_transformer import HARTTransformer, TransformerConfig
@@ -226,7 +230,7 @@ def build_models(arch: Architecture, device: torch.device, dtype: torch.dtype, s
         tokenizer = HybridTokenizer(k_config)
     generator = torch.Generator(device=device).manual_seed(seed)
     for model in (text_model, transformer, tokenizer):
-        materialise_random(model, device, dtype, generator)
+        materialise(model, device, dtype, generator)
     return Models(text_model, transformer, tokenizer, pad_token_id=q_config.vocab_size - 1)
 
 
@@ -246,7 +250,7 @@ def _word_tokenizer(texts: Sequence[str], vocab_size: int):
 def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch.dtype | None = None, seed: int = 0,
                             prompts: Sequence[str] = (), release_text_encoder: bool = False,
                             device: torch.device | str = "cpu",
-                            system_prompt: str | None = HART_SYSTEM_PROMPT):
+                            system_prompt: str | None = HART_SYSTEM_PROMPT, quantize: str = "none"):
     """A :class:`~hart_edu.sampler.HARTPipeline` of ``ARCHITECTURES[size]`` (or ``size`` itself
     when it is an :class:`Architecture`; "1024px": the
     released model, "1024px-depth24": the manifest's other hypothesis, "tiny") with seeded
@@ -257,7 +261,10 @@ def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch
     with the download). ``system_prompt``: default the official one, dropped when it has
     more words than the transformer takes text positions; None: none.
     ``release_text_encoder``: the pipeline's option (free the text encoder after the first
-    call has encoded its prompts)."""
+    call has encoded its prompts). ``quantize``: "int8" draws the text encoder's and the
+    transformer's linear layers as int8 layers (:mod:`hart_edu.quantize`; float32 only)."""
+    from hart_edu.hybrid_tokenizer import HybridTokenizer
+    from hart_edu.quantize import check_quantize, materialise_random_int8
     from hart_edu.sampler import HARTPipeline, check_dtype
     from hart_edu.text_encoder import TextEncoder
 
@@ -265,7 +272,10 @@ def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch
     if not isinstance(size, Architecture) and size not in ARCHITECTURES:
         raise ValueError(f"unknown size {size!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
     arch = size if isinstance(size, Architecture) else ARCHITECTURES[size]
-    models = build_models(arch, torch.device(device), dtype, seed)
+    materialise = materialise_random
+    if check_quantize(quantize, dtype) == "int8":
+        materialise = materialise_random_int8(skip=lambda model: isinstance(model, HybridTokenizer))
+    models = build_models(arch, torch.device(device), dtype, seed, materialise)
     T = models.transformer.config.context_token
     words = _word_tokenizer([system_prompt or "", *prompts], models.text_model.config.vocab_size)
     if system_prompt is not None and len(system_prompt.split()) > T:

@@ -206,6 +206,9 @@ DEFAULT_PROMPT = "An astronaut riding a horse on the moon, oil painting by Van G
 
 
 def add_parser(sub) -> None:
+    from hart_edu.cpu_dtype import DTYPE_CHOICES
+    from hart_edu.quantize import QUANTIZE_CHOICES
+
     p = sub.add_parser(
         "run-real",
         help="time one image of the released HART architecture (random weights) on this machine",
@@ -218,8 +221,12 @@ def add_parser(sub) -> None:
     p.add_argument("--size", default="1024px", choices=["1024px", "1024px-depth24", "tiny"],
                    help="1024px: the released model (manifest hypothesis depth 16 + adaLN; default); "
                         "1024px-depth24: the other hypothesis; tiny: a test-sized model")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
-                   help="weights dtype (default: bfloat16)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="weights dtype; auto: bfloat16 where this CPU multiplies it natively (AMX, AVX-512 "
+                        "BF16), else float32 (see hart_edu.cpu_dtype; default: auto)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
+                   help="int8: the text encoder's and transformer's linear layers in int8 (dynamic int8, "
+                        "float32 activations; see hart_edu.quantize; default: none)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
@@ -234,14 +241,22 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from hart_edu.cpu_dtype import choose_cpu_dtype, cpu_features
+    from hart_edu.cpu_records import comparison_line
     from hart_edu.memory import DEFAULT_MMAP_THRESHOLD, map_large_blocks
+    from hart_edu.quantize import is_int8_layer, weight_bytes
 
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
     machine = machine_info()  # before the run: its load average is the other jobs' load
-    dtype = getattr(torch, args.dtype)
+    features = cpu_features()
+    choice = choose_cpu_dtype(args.dtype, features, quantize=args.quantize)
+    print(f"hart-edu run-real: {choice.line()}", file=sys.stderr)
+    if choice.warning:
+        print(f"hart-edu run-real: warning: {choice.warning}", file=sys.stderr)
+    dtype = choice.dtype
     large_blocks_mapped = False  # mallopt is process-wide and stays: run-real is a program's entry point
     if args.low_memory and "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the environment's setting wins
         large_blocks_mapped = map_large_blocks()
@@ -249,15 +264,19 @@ def run(args: argparse.Namespace) -> int:
     from hart_edu.profile import random_release_pipeline
 
     pipe = random_release_pipeline(args.size, dtype=dtype, seed=args.seed, prompts=(args.prompt,),
-                                   release_text_encoder=args.low_memory)
+                                   release_text_encoder=args.low_memory, quantize=args.quantize)
     build_s = time.perf_counter() - t0
     build_peak = _peak_rss_bytes()  # measure_one_image resets the peak: read the build's first
     n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in
                 (("text encoder", pipe.text_encoder.model), ("transformer", pipe.transformer),
                  ("tokenizer", pipe.tokenizer))}
     print(f"built with random weights in {build_s:.1f} s: "
-          + ", ".join(f"{k} {v / 1e6:.0f}M" for k, v in n_params.items()) + f" parameters, {args.dtype}",
+          + ", ".join(f"{k} {v / 1e6:.0f}M" for k, v in n_params.items()) + f" parameters, {choice.name}",
           file=sys.stderr)
+    weights = {name: weight_bytes(m) for name, m in (("text encoder", pipe.text_encoder.model),
+                                                     ("transformer", pipe.transformer), ("tokenizer", pipe.tokenizer))}
+    int8_layers = {name: sum(map(is_int8_layer, m.modules())) for name, m in
+                   (("text encoder", pipe.text_encoder.model), ("transformer", pipe.transformer))}
     profiler = contextlib.nullcontext()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -272,9 +291,16 @@ def run(args: argparse.Namespace) -> int:
     report.extra["text encoder released"] = pipe.text_encoder_released
     report.extra["freed memory returned to the OS (malloc_trim)"] = pipe.memory_returned
     report.extra[f"mmap threshold set to {DEFAULT_MMAP_THRESHOLD >> 20} MiB (mallopt)"] = large_blocks_mapped
-    report.extra["parameters"] = n_params
+    report.extra["parameters"] = n_params  # float parameters (an int8 layer's weights are not parameters)
+    report.extra["dtype choice"] = choice.line()
+    report.extra["quantize"] = args.quantize
+    report.extra["int8 linear layers"] = int8_layers
+    report.extra["weights (GiB)"] = {k: round(v / 1024**3, 3) for k, v in weights.items()}
+    report.extra["cpu features"] = features.as_dict()
     report.extra["machine"] = machine
     print(report.format())
+    peak = max(report.peak_total_bytes, build_peak)
+    print(comparison_line(report.total_seconds, peak, features.kind, args.size, choice.name, args.quantize))
     if args.profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     if args.json is not None:

@@ -40,7 +40,8 @@ def test_random_release_pipeline_runs_in_bf16_and_reports_every_phase():
 
 def test_run_real_cli_on_the_tiny_architecture(capsys, tmp_path):
     path = tmp_path / "report.json"
-    assert cli.main(["run-real", "--random-weights", "--size", "tiny", "--threads", "1", "--json", str(path)]) == 0
+    argv = ["run-real", "--random-weights", "--size", "tiny", "--threads", "1", "--dtype", "bfloat16"]
+    assert cli.main([*argv, "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("one 32px image, bfloat16, 1 thread(s):") and "VAE decoder" in out
     extra = json.loads(path.read_text())["extra"]

@@ -1,0 +1,195 @@
+"""The dtype choice per CPU kind (hart_edu.cpu_dtype), int8 linear layers (hart_edu.quantize)
+and the recorded runs of docs/cpu (hart_edu.cpu_records), on the tiny architecture."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from hart_edu.cpu_dtype import CpuFeatures, choose_cpu_dtype, cpu_features
+from hart_edu.cpu_records import RECORDS_FILE, comparison_line, load_records, markdown_table
+from hart_edu.hybrid_tokenizer import HybridTokenizer
+from hart_edu.profile import ARCHITECTURES, build_models, random_release_pipeline
+from hart_edu.quantize import (Int8WeightLinear, is_int8_layer, materialise_random_int8, quantize_int8_,
+                               weight_bytes)
+
+AVX2 = CpuFeatures(model="AMD EPYC", capability="AVX2", cores=2, amx_bf16=False, avx512_bf16=False, fp16=False,
+                   flags=("avx2",))
+AMX = CpuFeatures(model="Xeon", capability="AVX512", cores=2, amx_bf16=True, avx512_bf16=True, fp16=True,
+                  flags=("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16"))
+AVX512_NO_BF16 = CpuFeatures(model="Skylake", capability="AVX512", cores=4, amx_bf16=False, avx512_bf16=False,
+                             fp16=False, flags=("avx2", "avx512f"))
+
+
+# ---------------------------------------------------------------------------------- dtype
+
+
+@pytest.mark.parametrize("cpu, dtype, kind", [(AVX2, torch.float32, "AVX2"), (AMX, torch.bfloat16, "AMX"),
+                                              (AVX512_NO_BF16, torch.float32, "AVX512")])
+def test_auto_is_bfloat16_only_where_it_is_native(cpu, dtype, kind):
+    choice = choose_cpu_dtype("auto", cpu)
+    assert choice.dtype == dtype and choice.warning is None and cpu.kind == kind
+    assert choice.line().startswith(f"dtype {choice.name} (auto): ") and "\n" not in choice.line()
+
+
+def test_an_explicit_dtype_is_obeyed_with_a_warning_where_slow():
+    slow = choose_cpu_dtype("bfloat16", AVX2)
+    assert slow.dtype == torch.bfloat16 and "slow on this CPU (AVX2" in slow.warning
+    assert choose_cpu_dtype(torch.float16, AVX2).warning.startswith("float16 is slow")
+    assert choose_cpu_dtype("float32", AVX2).warning is None
+    assert choose_cpu_dtype("bfloat16", AMX).warning is None
+    assert "would be faster" in choose_cpu_dtype("float32", AMX).warning  # obeyed, but says what auto does
+
+
+def test_int8_runs_with_float32_activations():
+    assert choose_cpu_dtype("auto", AMX, quantize="int8").dtype == torch.float32  # not bfloat16, and says why
+    assert "int8" in choose_cpu_dtype("auto", AMX, quantize="int8").reason
+    assert choose_cpu_dtype("float32", AMX, quantize="int8").warning is None
+    with pytest.raises(ValueError, match="needs dtype float32, not bfloat16"):
+        choose_cpu_dtype("bfloat16", AVX2, quantize="int8")
+    with pytest.raises(ValueError, match="choose one of none, int8"):
+        choose_cpu_dtype("auto", AVX2, quantize="int4")
+
+
+def test_bad_dtype_names_are_refused():
+    with pytest.raises(ValueError, match="use one of auto, float32, bfloat16, float16"):
+        choose_cpu_dtype("fp32", AVX2)
+    with pytest.raises(ValueError, match="not supported"):
+        choose_cpu_dtype(torch.float64, AVX2)
+
+
+def test_this_machine_is_described():
+    cpu = cpu_features()
+    assert cpu.capability == torch.backends.cpu.get_cpu_capability() and cpu.cores >= 1
+    assert cpu.kind in cpu.describe() and set(cpu.as_dict()) >= {"kind", "torch capability", "native bfloat16"}
+    assert choose_cpu_dtype("auto", cpu).dtype == (torch.bfloat16 if cpu.native_bf16 else torch.float32)
+
+
+# ---------------------------------------------------------------------------------- int8
+
+
+def test_int8_layers_are_close_to_float32_and_keep_the_head():
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).eval()
+    for p in model.parameters():
+        nn.init.normal_(p, 0, 0.1, generator=g)
+    x = torch.randn(16, 64, generator=g)
+    ref = model(x).detach()
+    summary = quantize_int8_(model, keep_float=("2",))
+    assert summary.dynamic_layers == 1 and summary.kept_float == ["2"]
+    assert is_int8_layer(model[0]) and isinstance(model[2], nn.Linear)
+    out = model(x)
+    err = (out - ref).abs().max() / ref.abs().max()
+    assert 0 < err < 0.05  # changed (it is int8), but within a few percent of the largest output
+
+
+def test_weight_only_layer_dequantizes_per_row():
+    linear = nn.Linear(8, 4)
+    with torch.no_grad():
+        linear.weight.copy_(torch.arange(32.0).view(4, 8) - 10)
+    q = Int8WeightLinear.from_float(linear)
+    assert q.q_OI.dtype == torch.int8 and q.q_OI.abs().amax(1).tolist() == [127] * 4  # each row uses the range
+    assert torch.allclose(q.weight, linear.weight, atol=linear.weight.abs().amax().item() / 254 + 1e-6)
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(q(x), nn.functional.linear(x, q.weight, linear.bias))
+
+
+def test_quantize_refuses_training_mode_and_half_weights():
+    with pytest.raises(ValueError, match="model.eval"):
+        quantize_int8_(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(ValueError, match="float32 weights, got torch.bfloat16"):
+        quantize_int8_(nn.Sequential(nn.Linear(4, 4)).to(torch.bfloat16).eval())
+
+
+def test_random_int8_build_draws_the_float32_numbers_and_quantizes_them():
+    arch = ARCHITECTURES["tiny"]
+    ref = build_models(arch, torch.device("cpu"), torch.float32, 0)
+    materialise = materialise_random_int8(skip=lambda m: isinstance(m, HybridTokenizer))
+    q = build_models(arch, torch.device("cpu"), torch.float32, 0, materialise=materialise)
+    ref_float = dict(ref.transformer.named_parameters())
+    for name, p in q.transformer.named_parameters():  # the parameters left float: the same numbers
+        assert torch.equal(p, ref_float[name]), name
+    assert torch.equal(q.transformer.head.weight, ref.transformer.head.weight)  # kept float
+    quantize_int8_(ref.transformer)  # quantizing the float32 build afterwards: the same int8 layers
+    layers = [(a, b) for a, b in zip(ref.transformer.modules(), q.transformer.modules()) if is_int8_layer(a)]
+    assert len(layers) == 29
+    for a, b in layers:
+        wa, wb = (m.weight() if callable(m.weight) else m.weight for m in (a, b))
+        assert torch.equal(*(w.dequantize() if w.is_quantized else w for w in (wa, wb)))
+    assert weight_bytes(q.transformer) < weight_bytes(build_models(arch, torch.device("cpu"), torch.float32,
+                                                                   0).transformer)
+
+
+def test_int8_pipeline_makes_an_image_close_to_float32_logits():
+    kw = dict(seed=0, prompts=("a red cat",), dtype=torch.float32)
+    f32 = random_release_pipeline("tiny", **kw)
+    int8 = random_release_pipeline("tiny", quantize="int8", **kw)
+    assert sum(map(is_int8_layer, int8.text_encoder.model.modules())) == 14
+    assert sum(map(is_int8_layer, int8.transformer.modules())) == 29
+    out = int8(["a red cat"], seed=3, progress=False)
+    assert out.image_B3HW.shape == (1, 3, 32, 32) and torch.isfinite(out.image_B3HW).all()
+    a = f32.text_encoder(["a red cat"]).context_BTD
+    b = int8.text_encoder(["a red cat"]).context_BTD
+    assert 0 < (a - b).abs().max() < 0.1 * a.abs().max()
+    with pytest.raises(ValueError, match="needs dtype float32"):
+        random_release_pipeline("tiny", quantize="int8", dtype=torch.bfloat16)
+
+
+def test_run_real_records_the_dtype_choice_and_int8(tmp_path, capsys):
+    from hart_edu import cli
+
+    path = tmp_path / "r.json"
+    argv = ["run-real", "--random-weights", "--size", "tiny", "--threads", "1", "--quantize", "int8"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # torch.ao's deprecation is silenced where used
+        assert cli.main([*argv, "--json", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "run-real: dtype float32 (auto): int8 layers" in captured.err
+    assert "no recorded run of --size tiny" in captured.out
+    extra = json.loads(path.read_text())["extra"]
+    assert extra["quantize"] == "int8" and extra["int8 linear layers"] == {"text encoder": 14, "transformer": 29}
+    assert extra["dtype choice"].startswith("dtype float32 (auto)")
+    assert extra["cpu features"]["kind"] == cpu_features().kind
+    assert cli.main(["run-real", "--random-weights", "--size", "tiny", "--dtype", "bfloat16",
+                     "--quantize", "int8"]) == 2
+    assert "needs dtype float32" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- records
+
+
+def _report(tmp_path, name, total, peak_gib, dtype="float32", quantize="none"):
+    gib = 1024**3
+    report = {"seconds": {"text encoder": 1.0, "transformer": total - 1}, "total_seconds": total,
+              "peak_total_bytes": int(peak_gib * gib), "threads": 2, "dtype": dtype, "image_shape": [1, 3, 1024, 1024],
+              "extra": {"quantize": quantize, "peak RSS while building (GiB)": 1.0,
+                        "machine": {"cpu": "CPU " + name, "date": "2026-11-30T20:00:00+00:00"}}}
+    (tmp_path / f"{name}.json").write_text(json.dumps(report))
+
+
+def test_comparison_uses_the_closest_kind_and_the_same_setting(tmp_path):
+    _report(tmp_path, "amx", 50.0, 5.0, dtype="bfloat16")
+    _report(tmp_path, "avx2", 400.0, 9.0)
+    _report(tmp_path, "avx2-int8", 200.0, 5.5, quantize="int8")
+    index = tmp_path / "records.json"
+    index.write_text(json.dumps({"runs": [{"kind": k, "size": "1024px", "file": f"{f}.json"} for k, f in
+                                          (("AMX", "amx"), ("AVX2", "avx2"), ("AVX2", "avx2-int8"))]}))
+    records = load_records(index)
+    line = comparison_line(100.0, 5 * 1024**3, "AVX2", "1024px", "float32", "int8", records)
+    assert "the same kind, AVX2 (CPU avx2-int8" in line and "x0.50" in line
+    line = comparison_line(100.0, 5 * 1024**3, "AVX512", "1024px", "float32", "none", records)
+    assert "closest kind to AVX512, AVX2 (CPU avx2, 2 threads, float32" in line and "x0.25" in line
+    assert "AMX (CPU amx" in comparison_line(40.0, 1, "AVX-512 BF16", "1024px", "bfloat16", "none", records)
+    assert "no recorded run of --size tiny" in comparison_line(1.0, 1, "AVX2", "tiny", "float32", "none", records)
+    table = markdown_table(records).splitlines()
+    assert len(table) == 5 and "| AVX2 | CPU avx2-int8 | 2 | float32 + int8 |" in table[4] and "**200.0 s**" in table[4]
+
+
+def test_the_recorded_runs_load():
+    records = load_records(RECORDS_FILE)
+    assert {r.kind for r in records} >= {"AMX"} and all(r.size == "1024px" for r in records)
+    assert all(r.total_seconds > 0 and r.peak_bytes > 0 for r in records)
