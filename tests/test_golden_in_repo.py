@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def _sums() -> dict[str, str]:
 def test_in_repo_fixtures_match_their_checksums():
     sums = _sums()
     on_disk = {p.relative_to(GOLDEN_IN_REPO).as_posix() for p in GOLDEN_IN_REPO.rglob("*") if p.is_file()}
-    assert on_disk - {"README.md", "SHA256SUMS"} == set(sums), "tests/golden and its SHA256SUMS list different files"
+    assert on_disk - {"README.md", "SHA256SUMS"} == set(sums), "tests/golden and SHA256SUMS list other files"
     for rel, digest in sums.items():
         assert hashlib.sha256((GOLDEN_IN_REPO / rel).read_bytes()).hexdigest() == digest, f"{rel} changed"
 
@@ -70,3 +71,23 @@ def test_required_fixtures_missing_fail_the_session(tmp_path):
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stdout[-2000:]
     assert "golden fixtures required" in run.stdout + run.stderr
+
+
+def test_nothing_reads_a_folder_beside_the_repository():
+    """No code, notebook cell, Makefile rule or CI script points outside the repository for data
+    (the old ``../shared/golden`` default): a plain clone must have all it reads."""
+    outside = re.compile(r"\.\./shared|shared/golden|parent\s*/\s*[\"']shared[\"']")
+    files = [*REPO_ROOT.glob("hart_edu/**/*.py"), *REPO_ROOT.glob("kernels/**/*.py"),
+             *REPO_ROOT.glob("tests/**/*.py"), REPO_ROOT / "Makefile", REPO_ROOT / ".ci" / "run"]
+    found = []
+    for path in files:
+        if path.resolve() == Path(__file__).resolve():
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if outside.search(line):
+                found.append(f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}")
+    for path in REPO_ROOT.glob("notebooks/*.ipynb"):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if outside.search("".join(cell["source"])):
+                found.append(f"{path.relative_to(REPO_ROOT)} cell {i}")
+    assert not found, "\n".join(found)
