@@ -182,6 +182,12 @@ def _cfg_sample_kernel(logits_ptr, noise_ptr, idx_ptr, guided_ptr, filtered_ptr,
     tl.store(idx_ptr + r_R, tl.argmax(score_RV, axis=1, tie_break_left=True).to(tl.int64), mask=in_R)
 
 
+# 8 warps share a program's tile of about 4096 logits (16 a thread): with top-k and top-p on,
+# 4 warps needed 167 registers a thread on sm_90 (12 resident warps per SM), 8 need 109 (16 warps).
+# Every variant's figures: docs/kernel_resources.md (python -m hart_edu.kernels.resources).
+NUM_WARPS = 8
+
+
 def _launch(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float, draw: int,
             noise_BlV: torch.Tensor | None, keep_guided: bool, keep_filtered: bool) -> CFGSample:
     """Each program takes BLOCK_R tokens with their whole vocabulary (about 4096 logits per
@@ -203,7 +209,7 @@ def _launch(logits_NlV: torch.Tensor, guidance: float, top_k: int, top_p: float,
         logits_NlV, pointer(noise_BlV), idx_Bl, pointer(guided_BlV), pointer(filtered_BlV), B * l, V,
         1.0 + guidance, guidance, top_k, 1.0 - top_p,
         DRAW=draw, TOP_K=0 < top_k < V, TOP_P=top_p > 0, KEEP_GUIDED=keep_guided, KEEP_FILTERED=keep_filtered,
-        BLOCK_R=BLOCK_R, BLOCK_V=BLOCK_V)
+        BLOCK_R=BLOCK_R, BLOCK_V=BLOCK_V, num_warps=NUM_WARPS)
     return CFGSample(idx_Bl, filtered_BlV, guided_BlV)
 
 

@@ -152,6 +152,12 @@ def _backward_kernel(g_ptr, x_ptr, w_ptr, b_ptr, scale_ptr, mean_ptr, rstd_ptr,
         tl.store(db_ptr + chunk * W + c_W, db_W, mask=in_W)
 
 
+# The backward's tile (about 4096 elements, with two float32 partial sums of W) is shared by
+# 8 warps: with 4 it needed 177 registers a thread on sm_90 (8 resident warps per SM), with 8
+# it needs 101 (16 warps). Every variant's figures: docs/kernel_resources.md.
+BACKWARD_WARPS = 8
+
+
 def _tile(N: int, W: int) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_W): whole rows, about 4096 elements per tile."""
     BLOCK_W = next_power_of_2(W)
@@ -191,7 +197,8 @@ class _LayerNormModulate(torch.autograd.Function):
         dw_PW, db_PW = torch.empty((2, programs, W), dtype=torch.float32, device=x_NW.device)
         _backward_kernel[(programs,)](g_NW, x_NW, weight_W if affine else mean_N, bias_W if affine else mean_N,
                                       scale_NW, mean_N, rstd_N, dx_NW, ds_NW, dt_NW, dw_PW, db_PW,
-                                      N, W, rows_per_program, AFFINE=affine, BLOCK_N=BLOCK_N, BLOCK_W=BLOCK_W)
+                                      N, W, rows_per_program, AFFINE=affine, BLOCK_N=BLOCK_N, BLOCK_W=BLOCK_W,
+                                      num_warps=BACKWARD_WARPS)
         dw_W = dw_PW.sum(0).to(weight_W.dtype) if affine else None
         db_W = db_PW.sum(0).to(bias_W.dtype) if affine else None
         return dx_NW, dw_W, db_W, ds_NW, dt_NW, None, None

@@ -136,6 +136,12 @@ def _backward_kernel(g_ptr, x_ptr, w_ptr, scale_ptr, rstd_ptr, dx_ptr, dw_ptr, d
     tl.store(db_ptr + partial, db_C, mask=in_C)
 
 
+# The backward's tile (about 4096 elements, with three float32 partial sums of C) is shared by
+# 8 warps: with 4 it needed 237 registers a thread on sm_90 (8 resident warps per SM), with 8
+# it needs 128 (16 warps). Every variant's figures: docs/kernel_resources.md.
+BACKWARD_WARPS = 8
+
+
 def _tile(L: int, C: int) -> tuple[int, int]:
     """(BLOCK_L, BLOCK_C): whole rows, about 4096 elements per tile."""
     BLOCK_C = next_power_of_2(C)
@@ -170,7 +176,8 @@ class _RMSNormModulate(torch.autograd.Function):
         dx_NLC = torch.empty_like(x_NLC)
         dw_NPC, ds_NPC, db_NPC = torch.empty((3, N, programs, C), dtype=torch.float32, device=x_NLC.device)
         _backward_kernel[(N, programs)](g_NLC, x_NLC, weight_C, scale_N1C, rstd_NL, dx_NLC, dw_NPC, ds_NPC, db_NPC,
-                                        L, C, tokens_per_program, BLOCK_L=BLOCK_L, BLOCK_C=BLOCK_C)
+                                        L, C, tokens_per_program, BLOCK_L=BLOCK_L, BLOCK_C=BLOCK_C,
+                                        num_warps=BACKWARD_WARPS)
         dw_C = dw_NPC.sum((0, 1)).to(weight_C.dtype)
         ds_N1C = ds_NPC.sum(1, keepdim=True).to(scale_N1C.dtype)
         db_N1C = db_NPC.sum(1, keepdim=True).to(ctx.shift_dtype)
