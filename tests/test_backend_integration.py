@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden_fixtures import GOLDEN_DIR, REPO, needs_golden
+from golden_fixtures import GOLDEN_DIR, needs_golden
 
 from hart_edu.kernels import backend
 
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 
 
 def run_child(function: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
