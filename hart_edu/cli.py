@@ -30,6 +30,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a file name where generat
 
 
 def add_generate_parser(sub) -> None:
+    from hart_edu.cpu_dtype import DTYPE_CHOICES
+    from hart_edu.quantize import QUANTIZE_CHOICES
     from hart_edu.safety import add_safety_arguments
     from hart_edu.sampler import DEFAULT_SEED
 
@@ -72,6 +74,12 @@ def add_generate_parser(sub) -> None:
     gen.add_argument("--backend", choices=("reference", "triton"), default="reference",
                      help="kernel backend: PyTorch reference or the fused Triton kernels (a CUDA device, or "
                           "TRITON_INTERPRET=1 to run them slowly on the CPU; default: reference)")
+    gen.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                     help="weights dtype; auto: bfloat16 where this CPU multiplies it natively (AMX, AVX-512 BF16), "
+                          "else float32; the choice and its reason are printed (default: auto)")
+    gen.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
+                     help="int8: the text encoder's and the transformer's linear layers in int8, float32 "
+                          "activations (less memory, faster on a CPU, slightly different images; default: none)")
     add_safety_arguments(gen)
 
 
@@ -159,17 +167,23 @@ def generate_main(args: argparse.Namespace) -> int:
     weights = args.weights if args.weights is not None else TINY_WEIGHTS
     no_quirks = OfficialQuirks(**{f.name: False for f in dataclasses.fields(OfficialQuirks)})
     quirks = OFFICIAL if args.official_quirks else no_quirks
+    from hart_edu.cpu_dtype import choose_cpu_dtype
+
+    dtype = choose_cpu_dtype(args.dtype, quantize=args.quantize)  # bfloat16 with int8: refused here
     if args.safety_checker is not None:  # refuse before the HART models load
         from hart_edu.safety import SafetyChecker
 
         SafetyChecker.from_pretrained(args.safety_checker, args.safety_threshold).require_safe(request.prompts)
+    print(f"hart-edu generate: {dtype.line()}", file=sys.stderr)
+    if dtype.warning:
+        print(f"hart-edu generate: warning: {dtype.warning}", file=sys.stderr)
 
     # 2. Load and generate; warnings (e.g. a truncated prompt) become one line each.
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            images = _generate_pixels(args, request, weights, quirks)
+            images = _generate_pixels(args, request, weights, quirks, dtype.dtype)
     except FileNotFoundError as err:
         if args.weights is None:
             raise FileNotFoundError(f"{err} (the default weights are {TINY_WEIGHTS}: pass --weights ROOT)") from err
@@ -188,9 +202,17 @@ def generate_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks) -> dict[str, bytes]:
-    """Run the pipeline; return the PNG files' bytes by file name (sample.py's names)."""
+def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, dtype) -> dict[str, bytes]:
+    """Run the pipeline; return the PNG files' bytes by file name (sample.py's names).
+
+    The low-memory path of ``hart-edu run-real``: the text encoder is freed once the prompts are
+    encoded (one call), blocks of 16 MiB and more get their own mappings (hart_edu.memory;
+    unless ``MALLOC_MMAP_THRESHOLD_`` is set), and with ``--quantize int8`` the linear layers are
+    quantized right after loading."""
     import io
+
+    from hart_edu.memory import map_large_blocks
+    from hart_edu.quantize import quantize_int8_
 
     from hart_edu.kernels.backend import triton_status
     from hart_edu.sampler import TREE_DEFAULT, HARTPipeline, grid_to_uint8, image_grid, uint8_to_pil
@@ -198,11 +220,16 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks) -
 
     if args.backend == "triton" and not triton_status().available:  # before the models load
         raise ValueError(f"--backend triton cannot run here: {triton_status().reason}")
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the environment's setting wins
+        map_large_blocks()  # process-wide, for the rest of the process: generate is a program's entry point
     pipe = HARTPipeline.from_pretrained(
         weights, text_encoder=args.text_encoder, ema=args.ema, text_tokenizer=args.text_tokenizer,
         system_prompt={None: TREE_DEFAULT, True: HART_SYSTEM_PROMPT, False: None}[args.system_prompt],
-        backend=args.backend,
+        backend=args.backend, dtype=dtype, release_text_encoder=True,
     )
+    if args.quantize == "int8":
+        quantize_int8_(pipe.text_encoder.model)
+        quantize_int8_(pipe.transformer)
     out = pipe(
         request.prompts, cfg=request.cfg, top_k=request.top_k or None, top_p=request.top_p or None,
         more_smooth=args.more_smooth, seed=args.seed, residual=args.residual,

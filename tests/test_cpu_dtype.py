@@ -193,3 +193,41 @@ def test_the_recorded_runs_load():
     records = load_records(RECORDS_FILE)
     assert {r.kind for r in records} >= {"AMX"} and all(r.size == "1024px" for r in records)
     assert all(r.total_seconds > 0 and r.peak_bytes > 0 for r in records)
+
+
+# ---------------------------------------------------------------------------------- generate
+
+
+def _generate(tmp_path, name, *flags):
+    from hart_edu import cli
+
+    out = tmp_path / name
+    status = cli.main(["generate", "--prompt", "a red circle on a white background", "--out", str(out),
+                       "--no-progress", *flags])
+    return status, out
+
+
+def test_generate_dtype_and_int8(tmp_path, capsys):
+    native = cpu_features().native_bf16
+    status, auto = _generate(tmp_path, "auto")
+    assert status == 0
+    err = capsys.readouterr().err
+    assert f"generate: dtype {'bfloat16' if native else 'float32'} (auto): " in err
+    status, f32 = _generate(tmp_path, "f32", "--dtype", "float32")
+    assert status == 0
+    if not native:  # auto is float32 here: the same bytes
+        assert (auto / "000000.png").read_bytes() == (f32 / "000000.png").read_bytes()
+    capsys.readouterr()
+    status, int8 = _generate(tmp_path, "int8", "--quantize", "int8")
+    assert status == 0 and "generate: dtype float32 (auto): int8 layers" in capsys.readouterr().err
+    assert (int8 / "000000.png").read_bytes() != (f32 / "000000.png").read_bytes()  # int8 changes the image
+    status, _ = _generate(tmp_path, "bad", "--quantize", "int8", "--dtype", "bfloat16")
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "needs dtype float32, not bfloat16" in err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.skipif(cpu_features().native_bf16, reason="bfloat16 is native on this CPU: no warning to see")
+def test_generate_warns_when_the_dtype_is_slow_here(tmp_path, capsys):
+    status, _ = _generate(tmp_path, "bf16", "--dtype", "bfloat16")
+    assert status == 0 and "generate: warning: bfloat16 is slow on this CPU" in capsys.readouterr().err
