@@ -1,4 +1,7 @@
-r"""HART's autoregressive transformer (official ``HARTForT2I``) and its scale-by-scale inference.
+r"""HART's autoregressive transformer (official ``HARTForT2I``): the network.
+
+The scale-by-scale generation loop that drives it (guidance, sampling, the MaskGIT last
+stage, the residual diffusion and the official quirks) is :mod:`hart_edu.generation`.
 
 What it computes
 ----------------
@@ -23,7 +26,10 @@ The sequence the transformer sees (one row per image)::
 * stage si >= 1: ``word_embed(f_hat downsampled to p_si) + lvl(si)``.
 
 Attention is bidirectional inside a stage and sees all earlier stages through a KV cache
-(no causal mask is needed at inference: each stage is one forward call).
+(no causal mask is needed at inference: each stage is one forward call). A pass over the
+scales, in training and in generation alike, is :meth:`HARTTransformer.begin` (condition,
+adaLN parameters, caches), :meth:`HARTTransformer.forward_context` (stage 0) and
+:meth:`HARTTransformer.forward_scale` (each image stage).
 
 One block (Llama flavour, adaLN-modulated by a pooled text condition ``c``)::
 
@@ -53,27 +59,13 @@ Rotary position embeddings
   ``j`` with ``j + d/2``: a row angle is paired with a column angle (this is not the usual
   axial 2-D RoPE, and we reproduce it as is).
 
-Classifier-free guidance
-------------------------
+Classifier-free guidance and the diffusion condition
+----------------------------------------------------
 
-The batch is doubled: rows ``[0, B)`` are conditional, rows ``[B, 2B)`` unconditional, with an
-all-zero context, position ids 0 and a mask with only position 0 set. The sampled logits are::
-
-    logits = (1 + t) * logits_cond - t * logits_uncond,   t = cfg * si / (S - 1)
-
-so guidance grows from 0 at stage 0 to ``cfg * (S-2)/(S-1)`` at the second-to-last stage;
-the official code computes the ratio inside the loop over all but the last stage and then
-*reuses the stale value* at the last stage and in the residual diffusion.
-
-The last stage (MaskGIT fill, hybrid residual)
-----------------------------------------------
-
-The last scale is filled in ``num_maskgit_iters`` rounds (official MaskGIT loop; with one
-round it is a plain fill of all positions). Every round feeds the *same* input tokens (those
-derived from stage S-2); rounds differ only in which positions they predict, and the KV
-cache keeps the positions of earlier rounds visible. With ``final_stage=0`` each predicted
-token also gets a continuous residual from the diffusion head (:mod:`hart_edu.residual_diffusion`),
-conditioned per token on::
+Guidance doubles the batch with :meth:`HARTTransformer.unconditional_context` (an all-zero
+context, position ids 0 and a mask with only position 0 set); training replaces dropped
+prompts by the same rows. The residual diffusion head is conditioned per last-scale token on
+:meth:`HARTTransformer.diffusion_condition`::
 
     z = decoder_norm( h_last + word_embed(embedding[idx_last]) )
 
@@ -82,9 +74,10 @@ where ``h_last`` is the raw output of the last block (before ``head_nm``).
 Official behaviours kept on purpose
 -----------------------------------
 
-Default settings reproduce the official images; each quirk is a field of
-:class:`OfficialQuirks` that a learner can switch off. Others are structural and only
-documented here:
+Two official quirks belong to the network and are switches of :meth:`HARTTransformer.begin`
+(``attend_to_padding``) and :meth:`HARTTransformer.forward_context`
+(``stage0_reads_last_position``); :class:`hart_edu.generation.OfficialQuirks` lists them with
+the sampling ones. Others are structural and only documented here:
 
 * the "non-affine" norms (``ln_wo_grad``, ``head_nm.ln_wo_grad``, ``context_norm``) are
   affine RMS norms with a stored weight (the official fused RMSNorm ignores
@@ -99,18 +92,16 @@ Kernels
 The operations themselves live in :mod:`hart_edu.kernels`, one readable PyTorch reference each
 beside its fused Triton kernel, and this module calls their dispatchers: the adaLN
 ``RMSNorm(x) * (1 + s) + b`` (``rmsnorm_modulate``, and ``rms_norm`` alone), RoPE on q and k
-(``rope``), the SwiGLU gate (``swiglu``) and the sampling step (``cfg_sample``: guidance,
-top-k / top-p and ``torch.multinomial``'s own draw from the generator). Which one runs is
-chosen with ``hart_edu.kernels.backend.use_backend`` (the reference by default).
+(``rope``) and the SwiGLU gate (``swiglu``); the sampling step is :mod:`hart_edu.generation`'s.
+Which one runs is chosen with ``hart_edu.kernels.backend.use_backend`` (the reference by default).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -125,7 +116,6 @@ from hart_edu.checkpoint import (
     load_weight_file,
     read_config,
 )
-from hart_edu.kernels.cfg_sample import cfg_sample, multinomial_noise
 from hart_edu.kernels.rmsnorm_modulate import rms_norm, rmsnorm_modulate
 from hart_edu.kernels.rope import rope
 from hart_edu.kernels.swiglu import swiglu
@@ -134,9 +124,9 @@ from hart_edu.residual_diffusion import ResidualDiffusion, TimestepEmbedder
 __all__ = [
     "MODEL_TYPE",
     "TransformerConfig",
-    "OfficialQuirks",
-    "SamplingSettings",
-    "GenerationResult",
+    "TextContext",
+    "ScalePass",
+    "ContextOutput",
     "TeacherForcingOutput",
     "HARTTransformer",
     "tokenizer_folder_for",
@@ -255,59 +245,6 @@ class TransformerConfig:
         return self.context_token + sum(p * p for p in self.patch_nums[1:])
 
 
-@dataclass(frozen=True)
-class OfficialQuirks:
-    """Official behaviours that look accidental; all on by default (= official images).
-
-    * ``cfg_ramp``: guidance ratio ``t = cfg * si/(S-1)`` (off: ``t = cfg`` at every stage);
-    * ``stale_last_stage_cfg``: the last stage and the diffusion head reuse the ratio of the
-      stage before, ``cfg*(S-2)/(S-1)`` (off: the ramp's own value ``cfg``);
-    * ``top_k_override``: the caller's ``top_k`` is ignored and 600 (stages < 7) / 300 (later)
-      is used; for a vocabulary smaller than k this keeps every code (the official code
-      would crash there);
-    * ``attend_to_padding``: padded context positions take part in attention (off: they are
-      masked out of every stage's keys);
-    * ``stage0_reads_last_position``: scale 0 is predicted from the last context position,
-      a PAD position for a right-padded prompt (off: each row's last valid position).
-    """
-
-    cfg_ramp: bool = True
-    stale_last_stage_cfg: bool = True
-    top_k_override: bool = True
-    attend_to_padding: bool = True
-    stage0_reads_last_position: bool = True
-
-
-OFFICIAL = OfficialQuirks()
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How code indices are drawn from the guided logits.
-
-    ``greedy``: argmax (== top_k=1; what the parity fixtures use). Otherwise top-k / top-p
-    filtering then a multinomial draw from ``generator``. ``more_smooth``: the official
-    Gumbel-softmax blend of code embeddings instead of the sampled code (visualisation only).
-    """
-
-    cfg: float = 1.5
-    top_k: int = 0
-    top_p: float = 0.0
-    greedy: bool = False
-    more_smooth: bool = False
-    num_maskgit_iters: int = 1
-    final_stage: int = 0  # 0: hybrid (discrete + diffusion residual); 1: discrete only
-    diffusion_temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.final_stage not in (0, 1):
-            raise ValueError(f"final_stage={self.final_stage}: 0 (with residual diffusion) or 1 (discrete only)")
-        if self.num_maskgit_iters < 1:
-            raise ValueError(f"num_maskgit_iters={self.num_maskgit_iters} must be >= 1")
-        if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0 and top_p={self.top_p} in [0, 1]")
-
-
 def tokenizer_folder_for(llm_folder: str | Path, config: TransformerConfig) -> Path:
     """Where the official code finds the tokenizer: ``vae_path``, or ``<llm>/../tokenizer``."""
     if config.vae_path is not None:
@@ -361,7 +298,7 @@ class KVCache:
     """Keys and values of every token seen so far in one block, (N, H, L_seen, d_head).
 
     ``valid_NK`` marks which cached keys may be attended to (only used when padding is
-    masked, see :class:`OfficialQuirks`).
+    masked, ``attend_to_padding=False``, see :meth:`HARTTransformer.begin`).
 
     Two ways to grow, the same numbers:
 
@@ -571,50 +508,44 @@ class AdaLNBeforeHead(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Sampling
-# --------------------------------------------------------------------------------------
-
-
-def official_top_k(si: int) -> int:
-    """The top-k the official inference hard-codes: 600 for stages 0..6, 300 after."""
-    return 600 if si < 7 else 300
-
-
-def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
-    """softmax((logits + g) / tau), g = -log(Exp(1)) drawn from ``generator`` (soft, not hard)."""
-    gumbels = -torch.empty_like(logits).exponential_(generator=generator).log()
-    return ((logits + gumbels) / tau).softmax(dim=-1)
-
-
-# --------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------
 
 
+class TextContext(NamedTuple):
+    """The text-encoder outputs the network reads (B prompts, T positions)."""
+
+    context_BTD: torch.Tensor  # (B, T, Dctx) float
+    mask_BT: torch.Tensor  # (B, T) bool, True = a real token
+    position_ids_BT: torch.Tensor  # (B, T) int, RoPE positions of the context tokens
+
+
 @dataclass
-class GenerationResult:
-    """What :meth:`HARTTransformer.generate` returns.
+class ScalePass:
+    """One batch on its way through the scales (training or generation), made by
+    :meth:`HARTTransformer.begin`: the text condition, each block's adaLN parameters and KV
+    cache, and (when recorded) every block's output at every stage."""
 
-    ``indices[si]`` (B, p_si^2) per stage; ``f_hat_BChw`` the final latent;
-    ``image_B3HW`` in [0, 1] (official output). ``diffusion_z`` (2B*l, C) and
-    ``diffusion_out`` (2B*l, Cvae) when the residual diffusion ran. With ``capture=True``:
-    ``context_normed`` (2B, T, Dctx), ``cond_BD`` (2B, T, C), ``raw_logits[si]`` (2B, l, V, before
-    guidance), ``cfg_logits[si]`` (B, l, V, handed to the sampler), ``block_outputs[si][i]``
-    (2B, l, C) and ``cfg_ratio[si]`` (the guidance t of each stage).
-    """
+    context_normed_NTD: torch.Tensor  # context_norm(ctx)
+    cond_NTC: torch.Tensor  # c = context_embed(context_normed): the condition and the stage-0 tokens
+    mask_NT: torch.Tensor  # (N, T) bool
+    position_ids_NT: torch.Tensor  # (N, T)
+    mods: list[Modulation | None]  # per block
+    caches: list[KVCache]  # per block
+    mask_padding: bool  # not attend_to_padding
+    block_outputs: list[list[torch.Tensor]] | None  # [stage][block] (N, L, C) when recorded
 
-    indices: list[torch.Tensor]
-    f_hat_BChw: torch.Tensor
-    image_B3HW: torch.Tensor
-    diffusion_z: torch.Tensor | None = None
-    diffusion_out: torch.Tensor | None = None
-    diffusion_noises: tuple[torch.Tensor, ...] | None = None
-    context_normed: torch.Tensor | None = None
-    cond_BD: torch.Tensor | None = None
-    raw_logits: list[torch.Tensor] = field(default_factory=list)
-    cfg_logits: list[torch.Tensor] = field(default_factory=list)
-    block_outputs: list[list[torch.Tensor]] = field(default_factory=list)
-    cfg_ratio: list[float] = field(default_factory=list)
+    @property
+    def image_offset_N(self) -> torch.Tensor:
+        """Image-token RoPE positions are offset by each row's last context position id."""
+        return self.position_ids_NT[:, -1]
+
+
+class ContextOutput(NamedTuple):
+    """Stage 0 (:meth:`HARTTransformer.forward_context`)."""
+
+    logits_NTV: torch.Tensor  # (N, T, V) at every context position
+    logits_N1V: torch.Tensor  # (N, 1, V) at the position scale 0 is read from
 
 
 class TeacherForcingOutput(NamedTuple):
@@ -741,6 +672,89 @@ class HARTTransformer(nn.Module):
         grid_l2 = grid_positions(pn, largest, device=offset_N.device)
         return grid_l2.unsqueeze(0) + offset_N.view(-1, 1, 1)
 
+    def embed_scale(self, si: int, x_NlCvae: torch.Tensor) -> torch.Tensor:
+        """Stage ``si``'s input tokens: ``word_embed(x) + lvl(si)``, (N, l, C)."""
+        return self.word_embed(x_NlCvae) + self.level_embedding(si, x_NlCvae.device)
+
+    def unconditional_context(self, context_BTD: torch.Tensor, mask_BT: torch.Tensor,
+                              position_ids_BT: torch.Tensor) -> TextContext:
+        """The empty prompt of classifier-free guidance for B rows (official): an all-zero
+        context, position ids 0 and a mask with only position 0 set. Generation appends these
+        rows; training puts them in place of the dropped prompts."""
+        uncond_mask_BT = torch.zeros_like(mask_BT, dtype=torch.bool)
+        uncond_mask_BT[:, 0] = True
+        return TextContext(torch.zeros_like(context_BTD), uncond_mask_BT, torch.zeros_like(position_ids_BT))
+
+    def diffusion_condition(self, h_last_NlC: torch.Tensor, code_BlCvae: torch.Tensor) -> torch.Tensor:
+        """The diffusion head's condition per last-scale token, (N, l, C)::
+
+            z = decoder_norm( h_last + word_embed(e) )
+
+        ``h_last_NlC``: the raw last-block output; ``code_BlCvae``: the code embeddings
+        ``embedding[idx]`` of the B images, repeated over the N = kB rows of ``h_last`` (with
+        guidance the unconditional rows reuse the conditional codes)."""
+        e_BlC = self.word_embed(code_BlCvae)
+        return self.decoder_norm(h_last_NlC + e_BlC.repeat(h_last_NlC.shape[0] // e_BlC.shape[0], 1, 1))
+
+    # -- one pass over the scales --------------------------------------------------------------
+
+    def begin(self, context_NTD: torch.Tensor, mask_NT: torch.Tensor, position_ids_NT: torch.Tensor, *,
+              attend_to_padding: bool = True, cache_capacity: int = 0, record_blocks: bool = False) -> ScalePass:
+        """Start a pass: the condition ``c = context_embed(context_norm(ctx))``, each block's
+        adaLN parameters from it, and empty KV caches.
+
+        ``attend_to_padding`` (official: True): padded context keys take part in attention.
+        ``cache_capacity``: 0 grows the caches by concatenation (training: gradients flow
+        through them); the sequence length preallocates them (generation, see :class:`KVCache`).
+        ``record_blocks``: keep every block's output of every stage (for parity and tests).
+        """
+        mask_NT = mask_NT.bool()
+        context_normed_NTD = self.context_norm(context_NTD)
+        cond_NTC = self.context_embed(context_normed_NTD)
+        return ScalePass(
+            context_normed_NTD=context_normed_NTD,
+            cond_NTC=cond_NTC,
+            mask_NT=mask_NT,
+            position_ids_NT=position_ids_NT,
+            mods=[blk.modulation(cond_NTC, mask_NT) for blk in self.blocks],
+            caches=[KVCache(capacity=cache_capacity) for _ in self.blocks],
+            mask_padding=not attend_to_padding,
+            block_outputs=[] if record_blocks else None,
+        )
+
+    def run_blocks(self, sp: ScalePass, x_NLC: torch.Tensor, positions: torch.Tensor,
+                   valid_NL: torch.Tensor) -> torch.Tensor:
+        """All blocks on one stage's tokens, appending their keys/values to the caches.
+        ``positions``: RoPE position ids, (N, L) for context tokens, (N, L, 2) for image tokens."""
+        outs = []
+        for blk, mod, cache in zip(self.blocks, sp.mods, sp.caches):
+            x_NLC = blk(x_NLC, mod, positions, cache, valid_NL, sp.mask_padding)
+            outs.append(x_NLC)
+        if sp.block_outputs is not None:
+            sp.block_outputs.append(outs)
+        return x_NLC
+
+    def forward_context(self, sp: ScalePass, stage0_reads_last_position: bool = True) -> ContextOutput:
+        """Stage 0: the context tokens ``c + lvl(0)`` through the blocks; scale 0's logits are
+        read at one position: the last (official, a PAD position for a padded prompt) or, with
+        ``stage0_reads_last_position=False``, each row's last valid one."""
+        N, T = sp.mask_NT.shape
+        h_NTC = self.run_blocks(sp, sp.cond_NTC + self.level_embedding(0, sp.cond_NTC.device),
+                                sp.position_ids_NT, sp.mask_NT)
+        logits_NTV = self.logits(h_NTC, sp.cond_NTC)
+        if stage0_reads_last_position:
+            read_N = torch.full((N,), T - 1, device=h_NTC.device)
+        else:
+            read_N = sp.mask_NT.long().sum(1) - 1
+        return ContextOutput(logits_NTV, logits_NTV[torch.arange(N, device=h_NTC.device), read_N].unsqueeze(1))
+
+    def forward_scale(self, sp: ScalePass, x_NlC: torch.Tensor,
+                      positions_Nl2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image stage: embedded tokens (N, l, C) at 2-D RoPE positions, attending to
+        themselves and every earlier stage -> (raw last-block output h (N, l, C), logits (N, l, V))."""
+        valid_Nl = torch.ones(x_NlC.shape[:2], dtype=torch.bool, device=x_NlC.device)
+        h_NlC = self.run_blocks(sp, x_NlC, positions_Nl2, valid_Nl)
+        return h_NlC, self.logits(h_NlC, sp.cond_NTC)
 
     # -- training ------------------------------------------------------------------------------
 
@@ -750,21 +764,24 @@ class HARTTransformer(nn.Module):
         context_mask_BT: torch.Tensor,
         context_position_ids_BT: torch.Tensor,
         x_BLC: torch.Tensor,
-        quirks: OfficialQuirks = OFFICIAL,
-    ) -> "TeacherForcingOutput":
+        *,
+        attend_to_padding: bool = True,
+        stage0_reads_last_position: bool = True,
+    ) -> TeacherForcingOutput:
         """Training forward: every scale's logits in one pass, given the true earlier scales.
 
         ``x_BLC`` (B, L, Cvae), L = sum_{si >= 1} p_si^2, holds the inputs of stages 1..S-1
         built from the *ground-truth* codes (``quantizer.teacher_forcing_inputs``); no row
-        is doubled for guidance (context dropout is the caller's job).
+        is doubled for guidance (context dropout is the caller's job). The two switches are
+        the network's official quirks (see :class:`hart_edu.generation.OfficialQuirks`).
 
         The training attention mask of VAR/HART is block-causal over stages: a query at
         level a sees a key at level b iff b <= a (the official ``attn_bias_for_masking``).
         We get exactly that mask by running the stages one after another through the
-        *same* KV-cached blocks as :meth:`generate`: stage si attends to itself and to the
-        cached stages before it, and gradients flow through the cache. So the training
-        graph is the inference graph with the sampled codes replaced by the true ones
-        (tests check the logits are equal).
+        *same* KV-cached pass as generation (:meth:`begin`, :meth:`forward_context`,
+        :meth:`forward_scale`): stage si attends to itself and to the cached stages before
+        it, and gradients flow through the cache. So the training graph is the inference
+        graph with the sampled codes replaced by the true ones (tests check the logits are equal).
 
         Returns ``logits_BLV`` (B, 1 + L, V) in the order of ``cat(idx_Bl, dim=1)``: row 0
         predicts scale 0 (read at the same context position as inference), then every
@@ -778,336 +795,14 @@ class HARTTransformer(nn.Module):
                 f"expected context (B, {T}, {self.config.context_dim}) and x (B, {L}, {self.vae_channels}), "
                 f"got {tuple(context_BTD.shape)} and {tuple(x_BLC.shape)}"
             )
-        mask_BT = context_mask_BT.bool()
-        cond_BTC = self.context_embed(self.context_norm(context_BTD))
-        mods = [blk.modulation(cond_BTC, mask_BT) for blk in self.blocks]
-        caches = [KVCache() for _ in self.blocks]
-        mask_padding = not quirks.attend_to_padding
-
-        def run_blocks(x_BlC: torch.Tensor, positions: torch.Tensor, valid_Bl: torch.Tensor) -> torch.Tensor:
-            for blk, mod, cache in zip(self.blocks, mods, caches):
-                x_BlC = blk(x_BlC, mod, positions, cache, valid_Bl, mask_padding)
-            return x_BlC
-
-        # stage 0: the context tokens; scale 0 is read at one context position
-        h_BTC = run_blocks(cond_BTC + self.level_embedding(0, cond_BTC.device), context_position_ids_BT, mask_BT)
-        logits_BTV = self.logits(h_BTC, cond_BTC)
-        rows_B = torch.arange(B, device=h_BTC.device)
-        read_B = torch.full((B,), T - 1, device=h_BTC.device) if quirks.stage0_reads_last_position \
-            else mask_BT.long().sum(1) - 1
-        logits, hidden = [logits_BTV[rows_B, read_B].unsqueeze(1)], []
-
-        # stages 1..S-1: word_embed(input) + lvl(si), 2-D RoPE, attending to all earlier stages
-        offset_B, start = context_position_ids_BT[:, -1], 0
+        sp = self.begin(context_BTD, context_mask_BT, context_position_ids_BT, attend_to_padding=attend_to_padding)
+        logits, hidden = [self.forward_context(sp, stage0_reads_last_position).logits_N1V], []
+        start = 0
         for si in range(1, len(pns)):
             l = pns[si] * pns[si]
-            x_BlC = self.word_embed(x_BLC[:, start:start + l]) + self.level_embedding(si, x_BLC.device)
-            h_BlC = run_blocks(x_BlC, self.image_token_positions(si, offset_B),
-                               torch.ones(B, l, dtype=torch.bool, device=x_BLC.device))
+            x_BlC = self.embed_scale(si, x_BLC[:, start:start + l])
+            h_BlC, logits_BlV = self.forward_scale(sp, x_BlC, self.image_token_positions(si, sp.image_offset_N))
             hidden.append(h_BlC)
-            logits.append(self.logits(h_BlC, cond_BTC))
+            logits.append(logits_BlV)
             start += l
         return TeacherForcingOutput(torch.cat(logits, dim=1), torch.cat(hidden, dim=1))
-
-    # -- inference -----------------------------------------------------------------------------
-
-    def cfg_ratio(self, si: int, quirks: OfficialQuirks = OFFICIAL) -> float:
-        """The guidance ratio r (t = cfg * r) used at stage ``si`` (see :class:`OfficialQuirks`)."""
-        last = self.config.num_stages - 1
-        if quirks.stale_last_stage_cfg and si == last:
-            si = last - 1  # the value left over from the loop over the earlier stages
-        return si / last if quirks.cfg_ramp else 1.0
-
-    @torch.no_grad()
-    def generate(
-        self,
-        tokenizer: Any,
-        context_BTD: torch.Tensor,
-        context_mask_BT: torch.Tensor,
-        context_position_ids_BT: torch.Tensor,
-        settings: SamplingSettings = SamplingSettings(),
-        generator: torch.Generator | None = None,
-        quirks: OfficialQuirks = OFFICIAL,
-        diffusion_noises: Sequence[torch.Tensor] | None = None,
-        capture: bool = False,
-        on_stage_end: Callable[[int], None] | None = None,
-        given_indices: Sequence[torch.Tensor] = (),
-    ) -> GenerationResult:
-        """Generate B images from text-encoder outputs (official ``autoregressive_infer_cfg``).
-
-        ``tokenizer``: a :class:`hart_edu.hybrid_tokenizer.HybridTokenizer` (code embeddings,
-        f_hat composition, decoder). ``context_*``: (B, T, Dctx) float, (B, T) bool mask,
-        (B, T) int position ids. ``generator`` drives every random draw (sampling, Gumbel,
-        MaskGIT order, diffusion noise); ``diffusion_noises`` replays recorded diffusion draws
-        (see :meth:`hart_edu.residual_diffusion.ResidualDiffusion.sample`; one MaskGIT round
-        only). With several rounds the result's ``diffusion_*`` fields hold the last round's.
-        ``on_stage_end(si)`` is called after each stage's codes are chosen (a progress hook).
-
-        ``given_indices``: the codes of the first k < S scales, (B, p_si^2) int64 each, taken
-        instead of sampled (no draw for them); the later scales are generated on top. An
-        image completed from a given coarse layout, and a diagnostic: which scale loses what
-        the prompt asked for (``python -m hart_edu.eval --given-scales``).
-        """
-        on_stage_end = on_stage_end or (lambda si: None)
-        run = _Run(self, tokenizer, settings, quirks, generator, diffusion_noises, capture)
-        run.check_inputs(context_BTD, context_mask_BT, context_position_ids_BT)
-        run.given = run.check_given(given_indices, context_BTD.shape[0])
-        pns, S, Cvae = self.config.patch_nums, self.config.num_stages, self.vae_channels
-        B = context_BTD.shape[0]
-
-        # Stage 0: the context tokens; scale 0's single code comes from one context position.
-        offset_N = run.start(context_BTD, context_mask_BT, context_position_ids_BT)
-        h_BlC = run.stage0()
-        on_stage_end(0)
-
-        f_hat_BChw = context_BTD.new_zeros(B, Cvae, pns[-1], pns[-1])
-        for si in range(1, S):
-            # f_hat += Phi(upsample(h_{si-1})); this stage's input = f_hat area-downsampled to p_si
-            prev = pns[si - 1]
-            h_BChw = h_BlC.transpose(1, 2).reshape(B, Cvae, prev, prev)
-            f_hat_BChw, next_BChw = run.quantizer.next_autoregressive_input(si - 1, f_hat_BChw, h_BChw)
-            x_BlC = self.word_embed(next_BChw.flatten(2).transpose(1, 2)) + self.level_embedding(si, next_BChw.device)
-            positions_Nl2 = self.image_token_positions(si, offset_N)
-            if si < S - 1:
-                h_BlC = run.image_stage(si, x_BlC.repeat(2, 1, 1), positions_Nl2)
-            else:
-                h_BlC = run.last_stage(x_BlC.repeat(2, 1, 1), positions_Nl2)
-            on_stage_end(si)
-
-        # The last scale is added without Phi (hybrid tokenizer), then decoded.
-        h_BChw = h_BlC.transpose(1, 2).reshape(B, Cvae, pns[-1], pns[-1])
-        f_hat_BChw, _ = run.quantizer.next_autoregressive_input(S - 1, f_hat_BChw, h_BChw)
-        run.result.f_hat_BChw = f_hat_BChw
-        run.caches.clear()  # the KV cache (1.8 GiB at 1024px in bf16) is not needed to decode
-        run.result.image_B3HW = (tokenizer.decode(f_hat_BChw) + 1) * 0.5  # [-1, 1] -> [0, 1]
-        return run.result
-
-
-def check_given_indices(given_indices: Sequence[torch.Tensor], patch_nums: Sequence[int], B: int,
-                        vocab_size: int) -> list[torch.Tensor]:
-    """``given_indices`` as a list, checked: at most S-1 scales (the last one is always
-    generated), scale si an int64 tensor (B, p_si^2) of codes in [0, vocab_size)."""
-    if not isinstance(given_indices, (list, tuple)):
-        raise ValueError(f"given_indices must be a list of per-scale code tensors, got {type(given_indices).__name__}")
-    given = list(given_indices)
-    if len(given) >= len(patch_nums):
-        raise ValueError(f"given_indices holds {len(given)} scales: at most {len(patch_nums) - 1} "
-                         f"(the last scale is always generated)")
-    for si, idx in enumerate(given):
-        want = (B, patch_nums[si] ** 2)
-        if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or tuple(idx.shape) != want:
-            got = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
-            raise ValueError(f"given_indices[{si}] must be int64 of shape {want}, got {got}")
-        if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < vocab_size):
-            raise ValueError(f"given_indices[{si}] holds codes outside [0, {vocab_size})")
-    return given
-
-
-class _Run:
-    """State of one :meth:`HARTTransformer.generate` call: the doubled batch, its condition,
-    the per-block adaLN parameters and KV caches, and what is being collected.
-
-    Rows ``[0, B)`` are conditional, rows ``[B, 2B)`` unconditional (N = 2B).
-    """
-
-    def __init__(self, model: HARTTransformer, tokenizer: Any, settings: SamplingSettings,
-                 quirks: OfficialQuirks, generator: torch.Generator | None,
-                 diffusion_noises: Sequence[torch.Tensor] | None, capture: bool):
-        self.model, self.config = model, model.config
-        self.tokenizer, self.quantizer = tokenizer, tokenizer.quantizer
-        self.settings, self.quirks, self.generator = settings, quirks, generator
-        self.diffusion_noises, self.capture = diffusion_noises, capture
-        self.result = GenerationResult(indices=[], f_hat_BChw=None, image_B3HW=None)  # type: ignore[arg-type]
-        self.given: list[torch.Tensor] = []  # codes of the first scales, taken instead of sampled
-        if tuple(tokenizer.config.v_patch_nums) != tuple(self.config.patch_nums):
-            raise ValueError(
-                f"tokenizer scales {tuple(tokenizer.config.v_patch_nums)} != transformer patch_nums "
-                f"{tuple(self.config.patch_nums)}"
-            )
-        if tokenizer.config.z_channels != model.vae_channels or tokenizer.config.vocab_size != model.vocab_size:
-            raise ValueError("tokenizer (vocab_size, z_channels) do not match the transformer's")
-
-    def check_inputs(self, context_BTD: torch.Tensor, mask_BT: torch.Tensor, pos_BT: torch.Tensor) -> None:
-        T, D = self.config.context_token, self.config.context_dim
-        if context_BTD.dim() != 3 or context_BTD.shape[1:] != (T, D):
-            raise ValueError(f"context must be (B, {T}, {D}), got {tuple(context_BTD.shape)}")
-        B = context_BTD.shape[0]
-        if mask_BT.shape != (B, T) or pos_BT.shape != (B, T):
-            raise ValueError(
-                f"context_mask {tuple(mask_BT.shape)} and context_position_ids {tuple(pos_BT.shape)} "
-                f"must both be (B, T) = {(B, T)}"
-            )
-
-    def check_given(self, given_indices: Sequence[torch.Tensor], B: int) -> list[torch.Tensor]:
-        if given_indices and self.capture:
-            raise ValueError("capture=True records every scale's sampling: use it without given_indices")
-        return check_given_indices(given_indices, self.config.patch_nums, B, self.model.vocab_size)
-
-    # -- stage 0 -----------------------------------------------------------------------------
-
-    def start(self, context_BTD: torch.Tensor, mask_BT: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
-        """Build the doubled batch and its condition; return the image-position offsets (N,).
-
-        Unconditional rows: zero context, position ids 0, a mask with only position 0 set.
-        """
-        self.B = B = context_BTD.shape[0]
-        self.ctx_NTD = torch.cat((context_BTD, torch.zeros_like(context_BTD)))
-        self.pos_ids_NT = torch.cat((pos_BT, torch.zeros_like(pos_BT)))
-        self.mask_NT = torch.cat((mask_BT.bool(), torch.zeros_like(mask_BT, dtype=torch.bool)))
-        self.mask_NT[B:, 0] = True
-
-        ctx_normed_NTD = self.model.context_norm(self.ctx_NTD)
-        self.cond_NTC = self.model.context_embed(ctx_normed_NTD)  # the condition c and the stage-0 tokens
-        self.mods = [blk.modulation(self.cond_NTC, self.mask_NT) for blk in self.model.blocks]
-        total = self.mask_NT.shape[1] + sum(p * p for p in self.config.patch_nums[1:])  # every token
-        self.caches = [KVCache(capacity=total) for _ in self.model.blocks]
-        if self.capture:
-            self.result.context_normed, self.result.cond_BD = ctx_normed_NTD, self.cond_NTC
-        return self.pos_ids_NT[:, -1]  # image positions are offset by the last context position id
-
-    def stage0(self) -> torch.Tensor:
-        """Run the context tokens; pick scale 0's code; return its embedding (B, 1, Cvae)."""
-        N, T = self.mask_NT.shape
-        x_NTC = self.cond_NTC + self.model.level_embedding(0, self.cond_NTC.device)
-        x_NTC = self.blocks(x_NTC, self.pos_ids_NT, self.mask_NT)
-        logits_NTV = self.model.logits(x_NTC, self.cond_NTC)
-        if self.quirks.stage0_reads_last_position:
-            read_N = torch.full((N,), T - 1, device=x_NTC.device)
-        else:
-            read_N = self.mask_NT.long().sum(1) - 1  # each row's last valid position
-        logits_N1V = logits_NTV[torch.arange(N, device=x_NTC.device), read_N].unsqueeze(1)
-        return self.predict(0, logits_NTV, logits_N1V).h_BlC
-
-    # -- stages 1 .. S-2 ---------------------------------------------------------------------
-
-    def image_stage(self, si: int, x_NlC: torch.Tensor, positions_Nl2: torch.Tensor) -> torch.Tensor:
-        valid_Nl = torch.ones(x_NlC.shape[:2], dtype=torch.bool, device=x_NlC.device)
-        x_NlC = self.blocks(x_NlC, positions_Nl2, valid_Nl)
-        logits_NlV = self.model.logits(x_NlC, self.cond_NTC)
-        return self.predict(si, logits_NlV, logits_NlV).h_BlC
-
-    # -- the last stage ----------------------------------------------------------------------
-
-    def last_stage(self, x_NlC: torch.Tensor, positions_Nl2: torch.Tensor) -> torch.Tensor:
-        """MaskGIT fill of the last scale (+ residual diffusion); returns tokens (B, l, Cvae).
-
-        With R rounds, round r predicts the still-masked positions except the
-        ``max(1, min(#masked - 1, floor(l * cos(pi/2 * (r+1)/R))))`` first ones (in a random
-        order) that stay masked for later rounds; the last round predicts all the rest.
-        Every round feeds the *same* inputs ``x_NlC`` (official); the KV cache makes the
-        positions of earlier rounds visible to later ones.
-        """
-        N, l, C = x_NlC.shape
-        B, S, Cvae = self.B, self.config.num_stages, self.model.vae_channels
-        rounds = self.settings.num_maskgit_iters
-        masked_Bl = torch.ones(B, l, dtype=torch.bool, device=x_NlC.device)
-        tokens_BlC = x_NlC.new_zeros(B, l, Cvae)
-        idx_Bl = torch.full((B, l), -1, dtype=torch.int64, device=x_NlC.device)
-        if rounds > 1 and self.diffusion_noises is not None and self.settings.final_stage == 0:
-            raise ValueError("diffusion_noises replays one diffusion call: use it with num_maskgit_iters=1")
-        if rounds > 1:
-            if self.generator is None:
-                raise ValueError("num_maskgit_iters > 1 draws a random order: pass generator=")
-            order_Bl = torch.stack(
-                [torch.randperm(l, generator=self.generator, device=self.generator.device) for _ in range(B)]
-            ).to(x_NlC.device)
-        for r in range(rounds):
-            if r == rounds - 1:
-                predict_Bl = masked_Bl
-            else:
-                keep = math.floor(l * math.cos(math.pi / 2 * (r + 1) / rounds))
-                keep = max(1, min(int(masked_Bl[0].sum()) - 1, keep))
-                still_masked_Bl = torch.zeros_like(masked_Bl).scatter(1, order_Bl[:, :keep], True)
-                predict_Bl, masked_Bl = masked_Bl & ~still_masked_Bl, still_masked_Bl
-            predict_Nl = predict_Bl.repeat(2, 1)
-            x_NkC = x_NlC[predict_Nl].view(N, -1, C)
-            positions_Nk2 = positions_Nl2[predict_Nl].view(N, -1, 2)
-            valid_Nk = torch.ones(x_NkC.shape[:2], dtype=torch.bool, device=x_NlC.device)
-            h_last_NkC = self.blocks(x_NkC, positions_Nk2, valid_Nk)  # raw last-block output: the diffusion's z
-            logits_NkV = self.model.logits(h_last_NkC, self.cond_NTC)
-            pick = self.predict(S - 1, logits_NkV, logits_NkV, record_indices=False)
-            idx_Bl[predict_Bl] = pick.idx_Bl.reshape(-1)
-            h_BkC = pick.h_BlC
-            if self.settings.final_stage == 0:
-                h_BkC = h_BkC + self.residual(h_last_NkC, pick.idx_Bl, self.settings.cfg * pick.ratio)
-            tokens_BlC[predict_Bl] = h_BkC.reshape(-1, Cvae).to(tokens_BlC.dtype)
-        self.result.indices.append(idx_Bl)
-        return tokens_BlC
-
-    def residual(self, h_last_NkC: torch.Tensor, idx_Bk: torch.Tensor, t: float) -> torch.Tensor:
-        """Continuous residual tokens (B, k, Cvae) from the diffusion head.
-
-        z = decoder_norm(h_last + word_embed(embedding[idx])) for all 2B rows (the
-        unconditional rows reuse the conditional indices); guidance scale t (the stale one).
-        """
-        N, k, C = h_last_NkC.shape
-        discrete_BkC = self.model.word_embed(self.quantizer.embedding(idx_Bk))
-        z_MC = self.model.decoder_norm(h_last_NkC + discrete_BkC.repeat(2, 1, 1)).reshape(N * k, C)
-        out = self.model.diffloss.sample(
-            z_MC, cfg=t, temperature=self.settings.diffusion_temperature,
-            generator=None if self.diffusion_noises is not None else self.generator,
-            noises=self.diffusion_noises,
-        )
-        self.result.diffusion_z, self.result.diffusion_out = z_MC, out.tokens_NC
-        self.result.diffusion_noises = out.noises
-        return out.tokens_NC.view(N, k, -1)[: N // 2]  # the unconditional half is discarded
-
-    # -- shared steps ------------------------------------------------------------------------
-
-    def blocks(self, x_NLC: torch.Tensor, positions: torch.Tensor, valid_NL: torch.Tensor) -> torch.Tensor:
-        """All blocks on this stage's tokens (appending their keys/values to the caches)."""
-        mask_padding = not self.quirks.attend_to_padding
-        outs = []
-        for blk, mod, cache in zip(self.model.blocks, self.mods, self.caches):
-            x_NLC = blk(x_NLC, mod, positions, cache, valid_NL, mask_padding)
-            outs.append(x_NLC)
-        if self.capture:
-            self.result.block_outputs.append(outs)
-        return x_NLC
-
-    def predict(self, si: int, raw_logits_NLV: torch.Tensor, logits_NlV: torch.Tensor,
-                record_indices: bool = True) -> "_Pick":
-        """Guide, filter and sample one stage's codes.
-
-        logits = (1 + t) cond - t uncond, t = cfg * r(si); then top-k / top-p and a draw (or
-        argmax); h = embedding[idx] (or the Gumbel-softmax blend of all codes, more_smooth).
-        A given scale (``given_indices``) takes its codes as they are, nothing drawn, and always
-        the hard embedding h = embedding[idx], as in teacher forcing, also with more_smooth.
-        """
-        B, s, q = self.B, self.settings, self.quirks
-        ratio = self.model.cfg_ratio(si, q)
-        if si < len(self.given):  # a given scale: its codes are taken as they are, nothing drawn
-            idx_Bl = self.given[si].to(logits_NlV.device)
-            self.result.indices.append(idx_Bl)
-            return _Pick(idx_Bl, self.quantizer.embedding(idx_Bl), ratio)
-        t = s.cfg * ratio
-        top_k = official_top_k(si) if q.top_k_override else s.top_k
-        noise_BlV = None  # greedy: no draw
-        if not s.greedy:  # the Exp(1) numbers torch.multinomial would draw (see hart_edu.kernels.cfg_sample)
-            if self.generator is None:
-                raise ValueError("sampling needs generator= (a torch.Generator); hart_edu never uses the global RNG")
-            l, V = logits_NlV.shape[1], logits_NlV.shape[2]
-            probs_dtype = logits_NlV[:1, :1, :1].softmax(dim=-1).dtype  # eager's (autocast may promote softmax)
-            noise_BlV = multinomial_noise((B, l, V), probs_dtype, logits_NlV.device, self.generator)
-        out = cfg_sample(logits_NlV, t, top_k, s.top_p, noise_BlV, keep_guided=self.capture,
-                         keep_filtered=s.more_smooth)
-        logits_BlV, filtered_BlV, idx_Bl = out.guided_BlV, out.filtered_BlV, out.idx_Bl
-        if self.capture:
-            self.result.raw_logits.append(raw_logits_NLV)
-            self.result.cfg_logits.append(logits_BlV)
-            self.result.cfg_ratio.append(t)
-        if record_indices:
-            self.result.indices.append(idx_Bl)
-        if not s.more_smooth:
-            return _Pick(idx_Bl, self.quantizer.embedding(idx_Bl), ratio)
-        if self.generator is None:
-            raise ValueError("more_smooth=True draws Gumbel noise: pass generator=")
-        tau = max(0.27 * (1 - ratio * 0.95), 0.005)  # MaskGIT-style temperature (official)
-        soft_BlV = gumbel_softmax(filtered_BlV * (1 + ratio), tau, self.generator)
-        return _Pick(idx_Bl, soft_BlV @ self.quantizer.embedding.weight.unsqueeze(0), ratio)
-
-
-class _Pick(NamedTuple):
-    idx_Bl: torch.Tensor  # (B, l) code indices
-    h_BlC: torch.Tensor  # (B, l, Cvae) what is added to f_hat
-    ratio: float  # the guidance ratio r of this stage

@@ -148,7 +148,7 @@ def read_prompt_file(path: Path) -> list[str]:
 
 
 def generate_main(args: argparse.Namespace) -> int:
-    from hart_edu.ar_transformer import OFFICIAL, OfficialQuirks
+    from hart_edu.generation import OFFICIAL, OfficialQuirks
     from hart_edu.paths import TINY_WEIGHTS
     from hart_edu.limits import check_image_count, check_prompt_texts
     from hart_edu.sampler import check_sample_request, check_seed

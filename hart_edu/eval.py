@@ -109,7 +109,7 @@ def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Genera
     ``given_scales`` = k > 0: the first k scales are not sampled but taken from the tokenizer's
     encoding of the scene itself (drawn with :func:`hart_edu.data.scenes.render`); the model
     generates the rest. Sweeping k shows at which scale the prompt gets lost."""
-    from hart_edu.ar_transformer import OfficialQuirks
+    from hart_edu.generation import OfficialQuirks
     from hart_edu.data.scenes import render
 
     quirks = OfficialQuirks(top_k_override=not top_k)

@@ -4,25 +4,26 @@ The three models and what flows between them, for B images (T = ``context_token`
 positions, S scales ``p_0 < ... < p_{S-1}``)::
 
     prompts ──TextEncoder──> context_BTD, mask_BT, position_ids_BT         (text_encoder.py)
-            ──HARTTransformer.generate──> idx_si (B, p_si^2) for every scale,
-                                          residual r (B, Cvae, p, p)        (ar_transformer.py)
+            ──generation.generate──>   idx_si (B, p_si^2) for every scale,
+                                       latents f_discrete, r, f_hat (B, Cvae, p, p)   (generation.py)
             ──HybridTokenizer.decode──>   image_B3HW in [0, 1]             (hybrid_tokenizer.py)
 
-The latent handed to the decoder is the discrete scales plus the continuous residual that
-the diffusion head predicts for the last scale (p = p_{S-1}, the hybrid tokenizer adds the
-last scale without a Phi convolution)::
+Generation runs the transformer (:mod:`hart_edu.ar_transformer`) scale by scale with the
+tokenizer's quantizer; the pipeline then decodes once. The latent handed to the decoder is the
+discrete scales plus the continuous residual that the diffusion head predicts for the last
+scale (p = p_{S-1}, the hybrid tokenizer adds the last scale without a Phi convolution)::
 
     f_hat = f_discrete + r,     f_discrete = sum_{si < S-1} Phi_si(up(e(idx_si))) + e(idx_{S-1})
 
-so the pipeline reports ``f_discrete = f_hat - r`` (equal up to float rounding) beside
-``f_hat`` and ``r``. With ``more_smooth`` the discrete scales add Gumbel-softmax blends of
-code embeddings instead of single codes, so ``f_discrete`` is then not the composition of
-the indices alone (``HybridTokenizer.indices_to_fhat``).
+(``f_hat`` adds r to the last scale's tokens before they join the sum, so it equals
+``f_discrete + r`` up to float rounding). With ``more_smooth`` the discrete scales add
+Gumbel-softmax blends of code embeddings instead of single codes, so ``f_discrete`` is then
+not the composition of the indices alone (``HybridTokenizer.indices_to_fhat``).
 
 The defaults are sample.py's: EMA weights, the official system prompt, a text length equal
 to the config's ``context_token`` (sample.py's ``--max_token_length`` 300 is the released
 model's context_token), ``cfg=4.5``, ``more_smooth=True``, seed 1, no top-k/top-p from the
-caller (and the official top-k override, see :class:`~hart_edu.ar_transformer.OfficialQuirks`),
+caller (and the official top-k override, see :class:`~hart_edu.generation.OfficialQuirks`),
 one MaskGIT round and the residual diffusion on.
 
 Pixels are made as sample.py saves them: ``uint8(255 x)`` truncates (numpy ``astype``), it
@@ -67,15 +68,17 @@ from typing import Any
 
 import torch
 
-from hart_edu.ar_transformer import (
+from hart_edu.ar_transformer import HARTTransformer
+from hart_edu.generation import (
     OFFICIAL,
     GenerationResult,
-    HARTTransformer,
     OfficialQuirks,
     SamplingSettings,
     check_given_indices,
+    generate,
 )
 from hart_edu.hybrid_tokenizer import HybridTokenizer
+from hart_edu.images import to_output_range
 from hart_edu.kernels import backend as kernel_backend
 from hart_edu.memory import return_free_memory
 from hart_edu.text_encoder import (
@@ -452,16 +455,16 @@ class HARTPipeline:
     ) -> HARTPipelineOutput:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
-        ``cfg``: guidance scale (ramped over the scales, see ar_transformer). ``top_k`` /
+        ``cfg``: guidance scale (ramped over the scales, see :mod:`hart_edu.generation`). ``top_k`` /
         ``top_p``: filtering of the code distribution (None: off); with the official quirk
         ``top_k_override`` on, the official 600/300 replaces ``top_k`` (a warning says so).
         ``more_smooth``: Gumbel-softmax blends of codes (sample.py's default). ``residual``:
         the diffusion head's continuous residual (False: discrete tokens only, the official
-        ``final_stage=1``). ``greedy``: argmax codes. Randomness comes only from
+        ``final_stage=1``; :attr:`SamplingSettings.residual`). ``greedy``: argmax codes. Randomness comes only from
         ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
         ``given_indices``: codes of the first scales, one int64 tensor (len(prompts) *
         num_images_per_prompt, p^2) per scale, rows prompt-major (a prompt's images together),
-        taken instead of sampled (see :meth:`HARTTransformer.generate`).
+        taken instead of sampled (see :func:`hart_edu.generation.generate`).
         With ``release_text_encoder`` the text encoder is freed right after the prompts
         are encoded, and a second call raises.
         """
@@ -488,7 +491,7 @@ class HARTPipeline:
             )
         settings = SamplingSettings(
             cfg=request.cfg, top_k=request.top_k, top_p=request.top_p, greedy=greedy,
-            more_smooth=more_smooth, num_maskgit_iters=1, final_stage=0 if residual else 1,
+            more_smooth=more_smooth, num_maskgit_iters=1, residual=residual,
             diffusion_temperature=diffusion_temperature,
         )
 
@@ -509,19 +512,16 @@ class HARTPipeline:
         with torch.no_grad(), self.autocast(), kernel_backend.use_backend(self.backend):
             result = self._generate(context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress,
                                     given_indices)
-
-        B, p = context_BTD.shape[0], self.transformer.config.patch_nums[-1]
-        residual_BChw = self._residual_latent(result, B, p) if residual else None
-        f_discrete_BChw = result.f_hat_BChw if residual_BChw is None else result.f_hat_BChw - residual_BChw
-        images = [uint8_to_pil(px) for px in images_to_uint8(result.image_B3HW)]
+            image_B3HW = to_output_range(self.tokenizer.decode(result.f_hat_BChw))  # the one decode
+        images = [uint8_to_pil(px) for px in images_to_uint8(image_B3HW)]
         return HARTPipelineOutput(
             images=images,
             prompts=[prompt for prompt in request.prompts for _ in range(n)],
-            image_B3HW=result.image_B3HW,
+            image_B3HW=image_B3HW,
             indices=result.indices,
             f_hat_BChw=result.f_hat_BChw,
-            f_discrete_BChw=f_discrete_BChw,
-            residual_BChw=residual_BChw,
+            f_discrete_BChw=result.f_discrete_BChw,
+            residual_BChw=result.residual_BChw,
             text=text,
             generation=result,
             seed=used_seed,
@@ -546,22 +546,14 @@ class HARTPipeline:
                 bar.set_postfix_str(f"{pns[si]}x{pns[si]}")
                 bar.update(1)
 
-            return self.transformer.generate(
-                self.tokenizer, context_BTD, mask_BT, position_ids_BT, settings=settings,
-                generator=rng, quirks=quirks, on_stage_end=stage_done, given_indices=given_indices,
+            return generate(
+                self.transformer, self.tokenizer.quantizer, context_BTD, mask_BT, position_ids_BT,
+                settings=settings, generator=rng, quirks=quirks, on_stage_end=stage_done,
+                given_indices=given_indices,
             )
-
-    def _residual_latent(self, result: GenerationResult, B: int, p: int) -> torch.Tensor:
-        """The diffusion head's residual as a latent (B, Cvae, p, p).
-
-        ``diffusion_out`` holds 2B*l rows, image-major (b*l + position): the first B*l are
-        the conditional rows, the ones added to the last scale's code embeddings."""
-        l, Cvae = p * p, self.transformer.vae_channels
-        r_BlC = result.diffusion_out[: B * l].view(B, l, Cvae)
-        return r_BlC.transpose(1, 2).reshape(B, Cvae, p, p)
 
     @torch.no_grad()
     def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        """Any latent (e.g. an output's ``f_discrete_BChw``) -> images in [0, 1], as generate does."""
+        """Any latent (e.g. an output's ``f_discrete_BChw``) -> images in [0, 1], as a call does."""
         with self.autocast(), kernel_backend.use_backend(self.backend):
-            return (self.tokenizer.decode(f_hat_BChw) + 1) * 0.5
+            return to_output_range(self.tokenizer.decode(f_hat_BChw))

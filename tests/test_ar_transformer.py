@@ -1,4 +1,4 @@
-"""Tests of hart_edu.ar_transformer: golden parity, strict loading, options, sampling."""
+"""Tests of hart_edu.ar_transformer: golden parity, strict loading, options, the KV cache."""
 
 from __future__ import annotations
 
@@ -9,13 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hart_edu.ar_transformer import (
-    HARTTransformer,
-    OfficialQuirks,
-    SamplingSettings,
-    TransformerConfig,
-    tokenizer_folder_for,
-)
+from hart_edu.ar_transformer import HARTTransformer, TransformerConfig, tokenizer_folder_for
 from hart_edu.checkpoint import CheckpointError, config_from_dict, load_weight_file, read_config
 
 from golden_fixtures import GOLDEN_DIR as GOLDEN, needs_golden  # noqa: E402
@@ -31,23 +25,6 @@ def golden():
     from hart_edu.parity import Golden
 
     return Golden.load(GOLDEN)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(golden):
-    from hart_edu.hybrid_tokenizer import HybridTokenizer
-
-    return HybridTokenizer.from_pretrained(golden.official("tokenizer"))
-
-
-@pytest.fixture(scope="module")
-def model(golden):
-    return HARTTransformer.from_pretrained(golden.official("llm"), ema=True)
-
-
-@pytest.fixture(scope="module")
-def context(golden):
-    return tuple(golden.tensors[n].clone() for n in ("t2i.context", "t2i.context_mask", "t2i.context_position_ids"))
 
 
 def _fresh(golden) -> tuple[HARTTransformer, dict[str, torch.Tensor]]:
@@ -78,92 +55,6 @@ def test_golden_parity_all_transformer_tensors(golden):
     assert not bad, "\n".join(f"{c.name}: {c.error} ({c.note})" for c in bad)
     # logits (not only indices) are compared: the quirks only show there
     assert any(".raw_logits." in n for n in out) and any(".block1.out." in n for n in out)
-
-
-@needs_golden
-def test_stage_logits_shapes_and_cfg_ratio(model, tokenizer, context):
-    r = model.generate(tokenizer, *context, SamplingSettings(cfg=4.5, greedy=True, final_stage=1), capture=True)
-    S, B, V = model.config.num_stages, context[0].shape[0], model.vocab_size
-    assert [tuple(i.shape) for i in r.indices] == [(B, p * p) for p in model.config.patch_nums]
-    assert r.raw_logits[0].shape == (2 * B, model.config.context_token, V)
-    assert r.cfg_logits[0].shape == (B, 1, V)
-    assert r.image_B3HW.min() >= 0 and r.image_B3HW.max() <= 1
-    # ramp cfg*si/(S-1), and the last stage reuses the stage-before value
-    expected = [4.5 * si / (S - 1) for si in range(S - 1)] + [4.5 * (S - 2) / (S - 1)]
-    assert r.cfg_ratio == pytest.approx(expected)
-    fixed = OfficialQuirks(stale_last_stage_cfg=False)
-    assert model.cfg_ratio(S - 1, fixed) == 1.0 and model.cfg_ratio(S - 1) == pytest.approx((S - 2) / (S - 1))
-
-
-@needs_golden
-def test_quirk_switches_change_what_they_should(model, tokenizer, context):
-    settings = SamplingSettings(cfg=4.5, greedy=True, final_stage=1)
-    ref = model.generate(tokenizer, *context, settings, capture=True)
-    # padding masked: row 0 (no padding, stage-0 ratio 0 -> cond logits only) is unchanged, row 1 is not
-    masked = model.generate(tokenizer, *context, settings, quirks=OfficialQuirks(attend_to_padding=False), capture=True)
-    assert torch.equal(masked.cfg_logits[0][0], ref.cfg_logits[0][0])
-    assert (masked.cfg_logits[0][1] - ref.cfg_logits[0][1]).abs().max() > 1e-3
-    # non-stale ratio at the last stage: only the last stage's guided logits move
-    fresh = model.generate(tokenizer, *context, settings,
-                           quirks=OfficialQuirks(stale_last_stage_cfg=False), capture=True)
-    assert torch.allclose(fresh.cfg_logits[-2], ref.cfg_logits[-2])
-    assert (fresh.cfg_logits[-1] - ref.cfg_logits[-1]).abs().max() > 1e-3
-    # stage 0 from each row's last valid position (row 1 is right-padded)
-    valid = model.generate(tokenizer, *context, settings,
-                           quirks=OfficialQuirks(stage0_reads_last_position=False), capture=True)
-    last_valid = int(context[1][1].sum()) - 1
-    assert torch.allclose(valid.cfg_logits[0][1, 0], ref.raw_logits[0][1, last_valid])
-
-
-# --------------------------------------------------------------------------------------
-# Sampling with an explicit generator
-# --------------------------------------------------------------------------------------
-
-
-@needs_golden
-def test_sampling_is_deterministic_per_generator(model, tokenizer, context):
-    s = SamplingSettings(cfg=2.0, top_k=8, top_p=0.9, final_stage=0)
-    quirks = OfficialQuirks(top_k_override=False)
-
-    def run(seed):
-        return model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(seed), quirks=quirks)
-
-    a, b, c = run(0), run(0), run(1)
-    assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices))
-    assert torch.equal(a.image_B3HW, b.image_B3HW)
-    assert not all(torch.equal(x, y) for x, y in zip(a.indices, c.indices))
-
-
-@needs_golden
-def test_sampled_codes_stay_in_the_top_k(model, tokenizer, context):
-    s = SamplingSettings(cfg=2.0, top_k=3, final_stage=1)
-    r = model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(3),
-                       quirks=OfficialQuirks(top_k_override=False), capture=True)
-    for idx_Bl, logits_BlV in zip(r.indices, r.cfg_logits):
-        top3 = logits_BlV.topk(3, dim=-1).indices
-        assert bool((top3 == idx_Bl.unsqueeze(-1)).any(-1).all())
-
-
-@needs_golden
-def test_more_smooth_and_maskgit_rounds_run_deterministically(model, tokenizer, context):
-    s = SamplingSettings(cfg=4.5, more_smooth=True, num_maskgit_iters=3, final_stage=0)
-    a = model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(5))
-    b = model.generate(tokenizer, *context, s, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(a.image_B3HW, b.image_B3HW)
-    assert int((a.indices[-1] < 0).sum()) == 0  # every last-scale position was predicted once
-
-
-@needs_golden
-def test_sampling_without_generator_is_an_error(model, tokenizer, context):
-    with pytest.raises(ValueError, match="generator"):
-        model.generate(tokenizer, *context, SamplingSettings(final_stage=1))
-
-
-@needs_golden
-def test_bad_context_shape_is_an_error(model, tokenizer, context):
-    ctx, mask, pos = context
-    with pytest.raises(ValueError, match="context must be"):
-        model.generate(tokenizer, ctx[:, :-1], mask, pos, SamplingSettings(greedy=True, final_stage=1))
 
 
 # --------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def child_pipeline(golden_dir: str) -> None:
 
     from test_sampler import build_tiny_tree
 
-    from hart_edu.ar_transformer import OfficialQuirks
+    from hart_edu.generation import OfficialQuirks
     from hart_edu.sampler import HARTPipeline
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,8 @@ import torch
 
 from golden_fixtures import GOLDEN_DIR, needs_golden
 from hart_edu import cli
-from hart_edu.ar_transformer import HARTTransformer, SamplingSettings
+from hart_edu.ar_transformer import HARTTransformer
+from hart_edu import generation
 from hart_edu.checkpoint import EMA_WEIGHT_FILES, WEIGHT_FILES, find_weight_file, load_weight_file
 from hart_edu.convert import convert_tree, training_only
 from hart_edu.hybrid_tokenizer import HybridTokenizer
@@ -44,9 +45,10 @@ def generate(llm: Path, tok: Path) -> tuple[torch.Tensor, list[torch.Tensor]]:
     mask = torch.ones(2, T, dtype=torch.bool)
     mask[1, 5:] = False
     pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-    out = model.generate(tokenizer, ctx, mask, pos, settings=SamplingSettings(cfg=4.5, more_smooth=True),
-                         generator=torch.Generator().manual_seed(1))
-    return out.image_B3HW, out.indices
+    out = generation.generate(model, tokenizer.quantizer, ctx, mask, pos,
+                              settings=generation.SamplingSettings(cfg=4.5, more_smooth=True),
+                              generator=torch.Generator().manual_seed(1))
+    return tokenizer.decode(out.f_hat_BChw), out.indices
 
 
 def test_converted_tree_gives_identical_outputs_and_reports_dropped_keys(tmp_path):

@@ -111,7 +111,7 @@ def test_transformer_runs_take_their_settings_from_the_descriptions(golden_dir):
     golden = Golden.load(golden_dir)
     descs = [golden.specs[n]["desc"] for n in golden.names("t2i.ema.final0.")]
     settings = _settings("t2i.ema.final0", descs)
-    assert (settings.cfg, settings.more_smooth, settings.num_maskgit_iters, settings.final_stage) == (4.5, False, 1, 0)
+    assert (settings.cfg, settings.more_smooth, settings.num_maskgit_iters, settings.residual) == (4.5, False, 1, True)
     other = [d.replace("cfg=4.5", "cfg=2.5").replace("num_maskgit_iters=1", "num_maskgit_iters=3")
              .replace("temperature=1.0", "temperature=0.9") for d in descs]
     settings = _settings("t2i.ema.final0", other)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from hart_edu.ar_transformer import OfficialQuirks, SamplingSettings
+from hart_edu.generation import OfficialQuirks, SamplingSettings, generate
 from hart_edu.sampler import (
     HARTPipeline,
     check_sample_request,
@@ -129,9 +129,9 @@ def test_output_fields_shapes_and_types(pipe):
 def test_progress_hook_sees_every_scale(pipe):
     enc = pipe.text_encoder(["w5 w6"])
     calls = []
-    pipe.transformer.generate(
-        pipe.tokenizer, enc.context_BTD, enc.mask_BT, enc.position_ids_BT,
-        SamplingSettings(greedy=True, final_stage=1), on_stage_end=calls.append,
+    generate(
+        pipe.transformer, pipe.tokenizer.quantizer, enc.context_BTD, enc.mask_BT, enc.position_ids_BT,
+        SamplingSettings(greedy=True, residual=False), on_stage_end=calls.append,
     )
     assert calls == list(range(len(pipe.transformer.config.patch_nums)))
 
@@ -186,7 +186,7 @@ def test_ignored_top_k_is_announced(pipe, recwarn):
         (dict(prompts=[]), "empty"),
         (dict(prompts=["w1", 3]), "prompt 1 is a int"),
         (dict(prompts=[None]), "prompt 0 is a NoneType"),
-        (dict(prompts=42), "string or a list"),
+        (dict(prompts=42), "list of strings"),
         (dict(cfg=-0.5), "cfg"),
         (dict(cfg=50.5), "cfg"),
         (dict(cfg=float("nan")), "cfg"),

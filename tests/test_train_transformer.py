@@ -9,17 +9,17 @@ import shutil
 import pytest
 import torch
 
-from hart_edu.ar_transformer import HARTTransformer, OfficialQuirks, SamplingSettings
+from hart_edu.ar_transformer import HARTTransformer
+from hart_edu.generation import OfficialQuirks, SamplingSettings, generate
 from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
-from hart_edu.residual_diffusion import DiffusionHeadConfig, ResidualDiffusion
 from hart_edu.train.transformer import (
     TrainSettings,
+    context_dropout,
     init_weights,
     save_pretrained,
     scale_weights,
     tiny_config,
     train,
-    unconditional_context,
     write_text_encoder_pointer,
 )
 from hart_edu.sampler import HARTPipeline
@@ -70,16 +70,18 @@ def test_teacher_forcing_equals_kv_cached_inference(tokenizer_folder, quirks):
     ctx_BTD = torch.randn(B, T, model.config.context_dim, generator=torch.Generator().manual_seed(2))
     mask_BT = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
     pos_BT = mask_BT.long().cumsum(1) - 1
-    result = model.generate(tok, ctx_BTD, mask_BT, pos_BT, SamplingSettings(cfg=2.0, final_stage=1),
-                            generator=torch.Generator().manual_seed(0), quirks=quirks, capture=True)
+    result = generate(model, tok.quantizer, ctx_BTD, mask_BT, pos_BT, SamplingSettings(cfg=2.0, residual=False),
+                      generator=torch.Generator().manual_seed(0), quirks=quirks, capture=True)
     x_BLC = tok.quantizer.teacher_forcing_inputs(result.indices)
 
     # rows [0, B): conditional; rows [B, 2B): the unconditional context inference uses
-    uncond = unconditional_context(ctx_BTD, mask_BT, pos_BT, torch.ones(B, dtype=torch.bool))
+    uncond = context_dropout(model, ctx_BTD, mask_BT, pos_BT, torch.ones(B, dtype=torch.bool))
+    switches = dict(attend_to_padding=quirks.attend_to_padding,
+                    stage0_reads_last_position=quirks.stage0_reads_last_position)
     with torch.no_grad():
-        cond_out = model.forward_teacher_forcing(ctx_BTD, mask_BT, pos_BT, x_BLC, quirks=quirks)
+        cond_out = model.forward_teacher_forcing(ctx_BTD, mask_BT, pos_BT, x_BLC, **switches)
         uncond_out = model.forward_teacher_forcing(uncond.context_BTD, uncond.mask_BT, uncond.position_ids_BT,
-                                                   x_BLC, quirks=quirks)
+                                                   x_BLC, **switches)
     for rows, out in ((slice(0, B), cond_out), (slice(B, 2 * B), uncond_out)):
         raw0_BTV = result.raw_logits[0][rows]
         read_B = torch.full((B,), T - 1) if quirks.stage0_reads_last_position else \
@@ -103,11 +105,12 @@ def test_teacher_forcing_rejects_bad_shapes(tokenizer_folder):
         model.forward_teacher_forcing(ctx[:, :-1], mask, pos, torch.zeros(2, L, tok.config.z_channels))
 
 
-def test_unconditional_context_rows():
+def test_context_dropout_rows(tokenizer_folder):
+    model = random_model(HybridTokenizer.from_pretrained(tokenizer_folder), context_dim=2, T=4)
     ctx = torch.randn(3, 4, 2)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
     pos = mask.long().cumsum(1) - 1
-    out = unconditional_context(ctx, mask, pos, torch.tensor([False, True, False]))
+    out = context_dropout(model, ctx, mask, pos, torch.tensor([False, True, False]))
     assert torch.equal(out.context_BTD[0], ctx[0]) and torch.equal(out.context_BTD[1], torch.zeros(4, 2))
     assert out.mask_BT[1].tolist() == [True, False, False, False] and torch.equal(out.mask_BT[2], mask[2])
     assert out.position_ids_BT[1].tolist() == [0, 0, 0, 0] and torch.equal(out.position_ids_BT[0], pos[0])

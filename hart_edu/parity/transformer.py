@@ -28,7 +28,9 @@ from typing import Any
 
 import torch
 
-from hart_edu.ar_transformer import HARTTransformer, SamplingSettings, TransformerConfig
+from hart_edu.ar_transformer import HARTTransformer, TransformerConfig
+from hart_edu.generation import SamplingSettings, generate
+from hart_edu.images import to_output_range
 from hart_edu.checkpoint import config_from_dict
 from hart_edu.hybrid_tokenizer import HybridTokenizer
 from hart_edu.parity import Golden
@@ -59,7 +61,7 @@ def _settings(run: str, descs: list[str]) -> SamplingSettings:
         quoted[key] = shared_argument(descs, key, kind, "autoregressive_infer_cfg", required=key == "cfg")
     # An argument no description quotes ran with its official default, which SamplingSettings' is.
     given = {key: value for key, value in quoted.items() if value is not None}
-    return SamplingSettings(greedy=True, final_stage=final_stage, **given)
+    return SamplingSettings(greedy=True, residual=final_stage == 0, **given)
 
 
 def _model_source(group: str, who: str) -> tuple[str, bool]:
@@ -71,13 +73,13 @@ def _model_source(group: str, who: str) -> tuple[str, bool]:
     return "llm", who == "ema"
 
 
-def _pick(result: Any, key: str) -> torch.Tensor | None:
+def _pick(result: Any, image_B3HW: torch.Tensor, key: str) -> torch.Tensor | None:
     """The captured tensor a golden ``<tensor>`` suffix names (None: an input or unknown)."""
     simple = {
         "ctx_norm": result.context_normed,
         "cond_BD": result.cond_BD,
         "fhat": result.f_hat_BChw,
-        "img": result.image_B3HW,
+        "img": image_B3HW,
         "diff_z": result.diffusion_z,
         "diff_out": result.diffusion_out,
     }
@@ -110,17 +112,18 @@ def produce(golden: Golden) -> dict[str, torch.Tensor]:
         if source not in models:
             models[source] = HARTTransformer.from_pretrained(golden.official(source[0]), ema=source[1])
         settings = _settings(run, [golden.specs[n]["desc"] for n in names])
-        if settings.final_stage != int(match.group("final")):
-            raise ValueError(f"{run}: the descriptions quote final_stage={settings.final_stage}")
+        if settings.residual != (match.group("final") == "0"):
+            raise ValueError(f"{run}: the descriptions quote final_stage={0 if settings.residual else 1}")
         noise_names = sorted((n for n in names if re.search(r"\.noise\.\d+$", n)),
                              key=lambda n: int(n.rsplit(".", 1)[1]))
-        noises = [golden.input(n) for n in noise_names] if settings.final_stage == 0 else None
+        noises = [golden.input(n) for n in noise_names] if settings.residual else None
         context, mask, position_ids = (golden.input(n) for n in CONTEXT_INPUTS[group])
-        result = models[source].generate(
-            tokenizer, context, mask, position_ids, settings, diffusion_noises=noises, capture=True
-        )
+        result = generate(models[source], tokenizer.quantizer, context, mask, position_ids, settings,
+                          diffusion_noises=noises, capture=True)
+        with torch.no_grad():
+            image_B3HW = to_output_range(tokenizer.decode(result.f_hat_BChw))
         for name in names:
-            tensor = _pick(result, RUN_RE.match(name).group("key"))
+            tensor = _pick(result, image_B3HW, RUN_RE.match(name).group("key"))
             if tensor is not None:
                 out[name] = tensor
     return out

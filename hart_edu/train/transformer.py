@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
-from hart_edu.ar_transformer import MODEL_TYPE, HARTTransformer, TransformerConfig
+from hart_edu.ar_transformer import MODEL_TYPE, HARTTransformer, TextContext, TransformerConfig
 from hart_edu.checkpoint import config_to_dict
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer
@@ -78,7 +78,6 @@ from hart_edu.text_encoder import (
     PIP_TEXT_ENCODERS,
     TEXT_ENCODER_POINTER,
     TextEncoder,
-    TextEncoding,
     pip_model_folder,
 )
 from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr
@@ -89,7 +88,7 @@ __all__ = [
     "load_scene_text_encoder",
     "TrainSettings",
     "tiny_config",
-    "unconditional_context",
+    "context_dropout",
     "StepLosses",
     "EncodedScenes",
     "encode_scenes",
@@ -205,18 +204,16 @@ def init_weights(model: HARTTransformer) -> None:
     model.diffloss.net.initialize_weights()
 
 
-def unconditional_context(context_BTD: torch.Tensor, mask_BT: torch.Tensor, position_ids_BT: torch.Tensor,
-                          drop_B: torch.Tensor) -> TextEncoding:
-    """Replace the rows ``drop_B`` by the unconditional context of CFG inference: a zero
-    context, position ids 0 and a mask with only position 0 set (``tokens_BT`` is not kept)."""
+def context_dropout(model: HARTTransformer, context_BTD: torch.Tensor, mask_BT: torch.Tensor,
+                    position_ids_BT: torch.Tensor, drop_B: torch.Tensor) -> TextContext:
+    """Replace the rows ``drop_B`` by the unconditional context inference uses for guidance
+    (:meth:`HARTTransformer.unconditional_context`)."""
+    uncond = model.unconditional_context(context_BTD, mask_BT, position_ids_BT)
     keep_B11 = ~drop_B.view(-1, 1, 1)
-    uncond_mask_BT = torch.zeros_like(mask_BT, dtype=torch.bool)
-    uncond_mask_BT[:, 0] = True
-    return TextEncoding(
-        context_BTD=torch.where(keep_B11, context_BTD, torch.zeros_like(context_BTD)),
-        mask_BT=torch.where(keep_B11[..., 0], mask_BT.bool(), uncond_mask_BT),
-        position_ids_BT=torch.where(keep_B11[..., 0], position_ids_BT, torch.zeros_like(position_ids_BT)),
-        tokens_BT=torch.empty(0, dtype=torch.int64),
+    return TextContext(
+        context_BTD=torch.where(keep_B11, context_BTD, uncond.context_BTD),
+        mask_BT=torch.where(keep_B11[..., 0], mask_BT.bool(), uncond.mask_BT),
+        position_ids_BT=torch.where(keep_B11[..., 0], position_ids_BT, uncond.position_ids_BT),
     )
 
 
@@ -322,7 +319,7 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
     B = rows_B.shape[0]
     cap_B = enc.caption_N[rows_B]
     drop_B = torch.rand(B, generator=generator, device=generator.device) < cfg.cond_drop_rate
-    text = unconditional_context(enc.context_UTD[cap_B], enc.mask_UT[cap_B], enc.position_ids_UT[cap_B], drop_B)
+    text = context_dropout(model, enc.context_UTD[cap_B], enc.mask_UT[cap_B], enc.position_ids_UT[cap_B], drop_B)
     idx_BK = enc.idx_NK[rows_B]
     # The plain ("math") attention kernel: on short CPU sequences its backward is much faster
     # than the flash kernel's (same result up to rounding).
@@ -331,8 +328,7 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
         ce_BK = F.cross_entropy(out.logits_BLV.float().flatten(0, 1), idx_BK.flatten(), reduction="none").view(B, -1)
         # z = decoder_norm(h_last + word_embed(e(idx_last))) for each last-scale token
         l = enc.residual_NlC.shape[1]
-        idx_last_Bl = idx_BK[:, -l:]
-        z_BlC = model.decoder_norm(out.hidden_BLC[:, -l:] + model.word_embed(quantizer.embedding(idx_last_Bl)))
+        z_BlC = model.diffusion_condition(out.hidden_BLC[:, -l:], quantizer.embedding(idx_BK[:, -l:]))
         mul = cfg.diffusion_batch_mul
         z_MC = z_BlC.reshape(B * l, -1).repeat(mul, 1)
         target_MC = enc.residual_NlC[rows_B].reshape(B * l, -1).repeat(mul, 1)
