@@ -93,6 +93,12 @@ def _nearest_code_kernel(z_ptr, e_ptr, idx_ptr, N, V, C,
     tl.store(idx_ptr + n_N, best_idx_N, mask=in_N)
 
 
+# 8 warps share the (BLOCK_N, BLOCK_V) float32 dot products: with 4, the default tile needed 255
+# registers a thread on sm_80 and spilled 32 bytes; with 8, at most 254 on sm_80 and 128 on
+# sm_90, no spills. Every variant's figures: docs/kernel_resources.md.
+NUM_WARPS = 8
+
+
 def nearest_code_triton(z_NC: torch.Tensor, codebook_VC: torch.Tensor, cosine: bool = False, *,
                         block_n: int = 64, block_v: int = 64, block_c: int = 32) -> torch.Tensor:
     """The fused Triton kernel: idx_N (int64) without an (N, V) distance matrix.
@@ -108,7 +114,8 @@ def nearest_code_triton(z_NC: torch.Tensor, codebook_VC: torch.Tensor, cosine: b
     idx_N = torch.empty(N, dtype=torch.int64, device=z_NC.device)
     BLOCK_C = max(16, min(block_c, next_power_of_2(C)))
     _nearest_code_kernel[(cdiv(N, block_n),)](z_NC, e_VC, idx_N, N, V, C,
-                                               BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_C=BLOCK_C)
+                                               BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_C=BLOCK_C,
+                                               num_warps=NUM_WARPS)
     return idx_N
 
 

@@ -141,6 +141,12 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, f_ptr, q_out_ptr, k_out_ptr,
         tl.store(k_out_ptr + o + HALF, (k2 * cos2 + k1 * sin2).to(k_out_ptr.dtype.element_ty), mask=in_LD)
 
 
+# 8 warps share a tile of about 2048 half-head elements: with 4, the angles, their cos / sin and
+# q, k of a head needed 139-155 registers a thread (12 resident warps per SM), with 8 about 80.
+# Every variant's figures: docs/kernel_resources.md (python -m hart_edu.kernels.resources).
+NUM_WARPS = 8
+
+
 def _launch(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, pos_NLP: torch.Tensor, f_J: torch.Tensor,
             block_l: int | None, transpose: bool) -> RotatedQK:
     if q_NHLd.stride(-1) != 1 or k_NHLd.stride(-1) != 1:
@@ -154,7 +160,7 @@ def _launch(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, pos_NLP: torch.Tensor, f
                                         q_NHLd.stride(0), q_NHLd.stride(1), q_NHLd.stride(2),
                                         k_NHLd.stride(0), k_NHLd.stride(1), k_NHLd.stride(2),
                                         P=pos_NLP.shape[-1], HALF=d // 2, BLOCK_L=BLOCK_L, BLOCK_HALF=BLOCK_HALF,
-                                        TRANSPOSE=transpose)
+                                        TRANSPOSE=transpose, num_warps=NUM_WARPS)
     return RotatedQK(q_out, k_out)
 
 
