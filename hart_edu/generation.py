@@ -310,40 +310,41 @@ class _Generation:
         self.diffusion_noises, self.capture = diffusion_noises, capture
 
         uncond = model.unconditional_context(context_BTD, mask_BT, position_ids_BT)
-        self.net = model.begin(
+        self.scale_pass = model.begin(
             torch.cat((context_BTD, uncond.context_BTD)), torch.cat((mask_BT.bool(), uncond.mask_BT)),
             torch.cat((position_ids_BT, uncond.position_ids_BT)), attend_to_padding=quirks.attend_to_padding,
             cache_capacity=config.sequence_length, record_blocks=capture,
         )
         p = config.patch_nums[-1]
-        self.f_hat_BChw = context_BTD.new_zeros(B, model.vae_channels, p, p)  # f_hat before scale 0
+        self.f_zero_BChw = context_BTD.new_zeros(B, model.vae_channels, p, p)  # f_hat before scale 0
         self.result = GenerationResult(indices=[], f_hat_BChw=None, f_discrete_BChw=None)  # type: ignore[arg-type]
         if capture:
-            self.result.context_normed, self.result.cond_BD = self.net.context_normed_NTD, self.net.cond_NTC
-            self.result.block_outputs = self.net.block_outputs
+            self.result.context_normed = self.scale_pass.context_normed_NTD
+            self.result.cond_BD = self.scale_pass.cond_NTC
+            self.result.block_outputs = self.scale_pass.block_outputs
 
     def scales(self, on_stage_end: Callable[[int], None]) -> GenerationResult:
         """Stage 0, then every scale; the latents of the result."""
         model, quantizer, S = self.model, self.quantizer, self.model.config.num_stages
 
         # Stage 0: the context tokens; scale 0's single code comes from one context position.
-        stage0 = model.forward_context(self.net, self.quirks.stage0_reads_last_position)
+        stage0 = model.forward_context(self.scale_pass, self.quirks.stage0_reads_last_position)
         h_BlC = self.predict(0, stage0.logits_NTV, stage0.logits_N1V).h_BlC
         on_stage_end(0)
 
-        f_hat_BChw = self.f_hat_BChw
+        f_hat_BChw = self.f_zero_BChw
         for si in range(1, S):
             # f_hat += Phi(upsample(h_{si-1})); this stage's input = f_hat area-downsampled to p_si
             f_hat_BChw, next_BChw = quantizer.next_autoregressive_input(si - 1, f_hat_BChw, _latent(h_BlC))
             x_NlC = model.embed_scale(si, next_BChw.flatten(2).transpose(1, 2)).repeat(2, 1, 1)
-            positions_Nl2 = model.image_token_positions(si, self.net.image_offset_N)
+            positions_Nl2 = model.image_token_positions(si, self.scale_pass.image_offset_N)
             if si < S - 1:
-                h_NlC, logits_NlV = model.forward_scale(self.net, x_NlC, positions_Nl2)
+                _, logits_NlV = model.forward_scale(self.scale_pass, x_NlC, positions_Nl2)
                 h_BlC = self.predict(si, logits_NlV, logits_NlV).h_BlC
             else:
                 last = self.last_stage(x_NlC, positions_Nl2)
             on_stage_end(si)
-        self.net.caches.clear()  # the KV cache (1.8 GiB at 1024px in bf16) is not needed any more
+        self.scale_pass.caches.clear()  # the KV cache (1.8 GiB at 1024px in bf16) is not needed any more
 
         # The last scale is added without Phi (hybrid tokenizer): once with the residual (what
         # the decoder gets), once without (the discrete latent).
@@ -391,7 +392,7 @@ class _Generation:
             predict_Nl = predict_Bl.repeat(2, 1)
             x_NkC = x_NlC[predict_Nl].view(N, -1, C)
             positions_Nk2 = positions_Nl2[predict_Nl].view(N, -1, 2)
-            h_last_NkC, logits_NkV = self.model.forward_scale(self.net, x_NkC, positions_Nk2)  # h_last: z's
+            h_last_NkC, logits_NkV = self.model.forward_scale(self.scale_pass, x_NkC, positions_Nk2)
             pick = self.predict(S - 1, logits_NkV, logits_NkV, record_indices=False)
             idx_Bl[predict_Bl] = pick.idx_Bl.reshape(-1)
             h_BkC = pick.h_BlC

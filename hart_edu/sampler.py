@@ -460,8 +460,8 @@ class HARTPipeline:
         ``top_k_override`` on, the official 600/300 replaces ``top_k`` (a warning says so).
         ``more_smooth``: Gumbel-softmax blends of codes (sample.py's default). ``residual``:
         the diffusion head's continuous residual (False: discrete tokens only, the official
-        ``final_stage=1``; :attr:`SamplingSettings.residual`). ``greedy``: argmax codes. Randomness comes only from
-        ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
+        ``final_stage=1``; ``SamplingSettings.residual``). ``greedy``: argmax codes. Randomness
+        comes only from ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
         ``given_indices``: codes of the first scales, one int64 tensor (len(prompts) *
         num_images_per_prompt, p^2) per scale, rows prompt-major (a prompt's images together),
         taken instead of sampled (see :func:`hart_edu.generation.generate`).

@@ -7,10 +7,10 @@ Every golden name of these groups reads ``<run>.<tensor>``, where ``<run>`` ends
 * ``var.<TAG>.finalF``       the variant ``tiny-official/llm-variant-<TAG>`` (main weights);
 * ``e2e.<ema|main>.finalF``  the primary model on the text encoder's outputs ``text.sys.*``.
 
-For each run we call :meth:`HARTTransformer.generate` once, greedy (every description says
+For each run we call :func:`hart_edu.generation.generate` once, greedy (every description says
 the fixture's sampler was greedy argmax; a sampled run could not be replayed), with the
 arguments of its ``autoregressive_infer_cfg(...)`` call (``cfg``, ``more_smooth``,
-``num_maskgit_iters``), ``final_stage`` and the diffusion ``temperature`` of its
+``num_maskgit_iters``), ``final_stage`` (``residual = final_stage == 0``) and the diffusion ``temperature`` of its
 ``diffloss.sample(...)`` call read from the tensors' descriptions
 (:mod:`hart_edu.parity.arguments`), capture everything, and return what the fixture lists. Inputs read from the
 fixture: the context, its mask and position ids, and the recorded diffusion noises
