@@ -85,8 +85,8 @@ LIMITS_SOURCE = ("NVIDIA CUDA C++ Programming Guide, Technical Specifications pe
 
 # HBM bandwidth of the GPUs the floors are computed for, bytes per second, and where it is from.
 HBM_BANDWIDTH = {
-    "H100 SXM": (3.35e12, "NVIDIA H100 Tensor Core GPU datasheet: 3.35 TB/s (H100 SXM, HBM3)"),
-    "H200": (4.8e12, "NVIDIA H200 Tensor Core GPU product page: 4.8 TB/s (HBM3e)"),
+    "H100 SXM": (3.35e12, "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM, HBM3"),
+    "H200": (4.8e12, "NVIDIA H200 Tensor Core GPU product page, HBM3e"),
 }
 
 # The issue's limits for the kernels at the released shapes.
@@ -146,6 +146,9 @@ def model_shapes() -> list[ModelShapes]:
 
     T, K = ar_transformer.TransformerConfig, hybrid_tokenizer.TokenizerConfig
     path = GOLDEN_IN_REPO / RELEASED_MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the released model's configs ship with the source checkout "
+                                "(git clone), not with a wheel")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     released = shapes_from_configs(
         RELEASED, config_from_dict(T, manifest["transformer_llm"]["config_used"], source=str(path)),
@@ -163,11 +166,12 @@ def model_shapes() -> list[ModelShapes]:
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def workloads(s: ModelShapes) -> Iterator[tuple[str, str, Callable[[], None]]]:
+def workloads(s: ModelShapes) -> Iterator[tuple[str, str, Callable[[dict[str, str]], None]]]:
     """(kernel family, variant, call) for every dtype and constexpr switch each dispatcher can
     set, at the shapes of ``s``: forward at inference sizes, backward at a training sequence.
 
-    The calls use ``torch.empty`` CPU tensors: under capture nothing is computed."""
+    The calls use ``torch.empty`` CPU tensors: under capture nothing is computed. Each call
+    writes "forward" / "backward" into the dict it is given before that half runs."""
     import torch
 
     from . import cfg_sample, layernorm_modulate, nearest_code, rmsnorm_modulate, rope, swiglu
@@ -178,9 +182,11 @@ def workloads(s: ModelShapes) -> Iterator[tuple[str, str, Callable[[], None]]]:
         return torch.empty(shape, dtype=getattr(torch, dtype)).requires_grad_(grad)
 
     def fwd_bwd(fn: Callable[..., Any], *leaves: torch.Tensor, extra: tuple = ()) -> Callable[[], None]:
-        def call() -> None:
+        def call(phase: dict[str, str]) -> None:
+            phase["phase"] = "forward"
             out = fn(*leaves, *extra)
             outs = list(out) if isinstance(out, tuple) else [out]
+            phase["phase"] = "backward"
             torch.autograd.backward(outs, [torch.empty_like(o) for o in outs])
         return call
 
@@ -202,8 +208,8 @@ def workloads(s: ModelShapes) -> Iterator[tuple[str, str, Callable[[], None]]]:
         yield ("swiglu", dt, fwd_bwd(swiglu.swiglu, empty(B, s.train_tokens, s.mlp_hidden, dtype=dt, grad=True),
                                      empty(B, s.train_tokens, s.mlp_hidden, dtype=dt, grad=True)))
         rows = 4 * s.all_stage_tokens  # every scale's grid of four images
-        yield ("nearest_code", dt, lambda z=empty(rows, s.vae_channels, dtype=dt), e=empty(s.vocab_size, s.vae_channels):
-               nearest_code.nearest_code(z, e))
+        yield ("nearest_code", dt, _nearest_call(nearest_code.nearest_code, empty(rows, s.vae_channels, dtype=dt),
+                                                 empty(s.vocab_size, s.vae_channels)))
 
     l, V = s.last_stage_tokens, s.vocab_size
     for dt in DTYPES:  # every switch in float32; the pipeline's own switches (keep_filtered) in half precision
@@ -221,17 +227,29 @@ def workloads(s: ModelShapes) -> Iterator[tuple[str, str, Callable[[], None]]]:
                                                                top_k, top_p, keep_guided, keep_filtered))
 
 
-def _layernorm_call(fn, x, w, b, scale, shift) -> Callable[[], None]:
+def _nearest_call(fn, z, e) -> Callable[[dict[str, str]], None]:
+    def call(phase: dict[str, str]) -> None:
+        phase["phase"] = "forward"
+        fn(z, e)
+    return call
+
+
+def _layernorm_call(fn, x, w, b, scale, shift) -> Callable[[dict[str, str]], None]:
     import torch
 
-    def call() -> None:
+    def call(phase: dict[str, str]) -> None:
+        phase["phase"] = "forward"
         y = fn(x, w, b, scale, shift, 1e-6)
+        phase["phase"] = "backward"
         y.backward(torch.empty_like(y))
     return call
 
 
-def _cfg_call(fn, logits, noise, top_k, top_p, keep_guided, keep_filtered) -> Callable[[], None]:
-    return lambda: fn(logits, 4.5, top_k, top_p, noise, keep_guided=keep_guided, keep_filtered=keep_filtered)
+def _cfg_call(fn, logits, noise, top_k, top_p, keep_guided, keep_filtered) -> Callable[[dict[str, str]], None]:
+    def call(phase: dict[str, str]) -> None:
+        phase["phase"] = "forward"
+        fn(logits, 4.5, top_k, top_p, noise, keep_guided=keep_guided, keep_filtered=keep_filtered)
+    return call
 
 
 @dataclass
@@ -248,6 +266,7 @@ class Launch:
     grid: list[int]
     bytes_moved: int  # sum of the sizes of the distinct tensors it is given
     constexprs: list[str]  # the names of the tl.constexpr parameters
+    phase: str = "forward"  # or "backward": which half of the workload launched it
 
     def key(self) -> str:
         """What makes a different compiled kernel: the kernel, its constexprs, its tensors' dtypes
@@ -299,7 +318,7 @@ def capture(shapes: list[ModelShapes]) -> list[Launch]:
         constexprs = [n for n in names if "constexpr" in str(params[n].annotation)]
         launches.append(Launch(current["family"], current["variant"], current["model"],
                                f"{self.fn.__module__}:{self.fn.__name__}", arguments, options,
-                               [int(g) for g in grid], moved, constexprs))
+                               [int(g) for g in grid], moved, constexprs, current["phase"]))
 
     InterpretedFunction.run = record
     try:
@@ -307,7 +326,7 @@ def capture(shapes: list[ModelShapes]) -> list[Launch]:
             for s in shapes:
                 for family, variant, call in workloads(s):
                     current.update(family=family, variant=variant, model=s.name)
-                    call()
+                    call(current)  # sets current["phase"] before its forward and its backward
     finally:
         InterpretedFunction.run = original
     return launches
@@ -503,7 +522,8 @@ def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
         launch = Launch(**raw)
         for cc in sorted({c["target"] for c in data["compiled"]}):
             c = compiled[(launch.key(), cc)]
-            row = {"family": launch.family, "kernel": launch.kernel.split(":")[1], "variant": launch.variant,
+            row = {"family": launch.family, "kernel": launch.kernel.split(":")[1],
+                   "variant": launch.variant + (" backward" if launch.phase == "backward" else ""),
                    "model": launch.model, "target": cc, "bytes_moved": launch.bytes_moved,
                    "constexprs": {k: launch.arguments[k] for k in launch.constexprs}, "grid": launch.grid,
                    "error": c.get("error", "")}
@@ -562,7 +582,8 @@ def floors(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
         wanted = FLOOR_VARIANTS.get(r["family"])
         wanted = (wanted,) if isinstance(wanted, str) else wanted or ()
         key = (r["family"], r["kernel"], r["variant"])
-        if r["model"] == RELEASED and r["variant"] in wanted and not r["error"] and key not in seen:
+        if (r["model"] == RELEASED and r["variant"].removesuffix(" backward") in wanted and not r["error"]
+                and key not in seen):
             seen.add(key)
             out.append({"family": r["family"], "kernel": r["kernel"], "variant": r["variant"], "grid": r["grid"],
                         "bytes_moved": r["bytes_moved"], "floor_us": r["floor_us"]})
@@ -591,13 +612,13 @@ def to_markdown_summary(report: dict[str, Any]) -> str:
                      f"{max(a['shared'], b['shared'])} |")
     gpus = list(HBM_BANDWIDTH)
     lines += ["", "The floor each launch is held to at the released shapes: the bytes it must move "
-              "(every tensor it is given read or written once) over the HBM bandwidth "
-              + "; ".join(f"{g}: {bw / 1e12:.2f} TB/s ({src})" for g, (bw, src) in HBM_BANDWIDTH.items()) + ".", "",
-              "| launch (released shapes) | grid | MB moved | " + " | ".join(f"{g} floor µs" for g in gpus) + " |",
-              "|---|---|---|" + "---|" * len(gpus)]
+              "(every tensor it is given read or written once) over the HBM bandwidth, "
+              + " and ".join(f"{bw / 1e12:.2f} TB/s on the {g} ({src})" for g, (bw, src) in HBM_BANDWIDTH.items())
+              + ". The compute-bound nearest_code is held to FLOP/s in the benchmark instead.", "",
+              "| launch (released shapes) | MB moved | " + " | ".join(f"{g} floor µs" for g in gpus) + " |",
+              "|---|---|" + "---|" * len(gpus)]
     for f in report["floors"]:
-        lines.append(f"| `{f['family']}.{f['kernel']}` {f['variant']} | {'x'.join(map(str, f['grid']))} | "
-                     f"{f['bytes_moved'] / 1e6:,.1f} | " + " | ".join(f"{f['floor_us'][g]:,.1f}" for g in gpus) + " |")
+        lines.append(f"| `{f['family']}.{f['kernel']}` {f['variant']} | {f['bytes_moved'] / 1e6:,.1f} | " + " | ".join(f"{f['floor_us'][g]:,.1f}" for g in gpus) + " |")
     return "\n".join(lines)
 
 

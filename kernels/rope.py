@@ -141,10 +141,11 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, f_ptr, q_out_ptr, k_out_ptr,
         tl.store(k_out_ptr + o + HALF, (k2 * cos2 + k1 * sin2).to(k_out_ptr.dtype.element_ty), mask=in_LD)
 
 
-# 8 warps share a tile of about 2048 half-head elements: with 4, the angles, their cos / sin and
-# q, k of a head needed 139-155 registers a thread (12 resident warps per SM), with 8 about 80.
+# 16 warps share a tile of about 2048 half-head elements: with 4, the angles, their cos / sin and
+# q, k of a head needed 139-155 registers a thread (12 resident warps per SM); with 8, about 80
+# but ptxas spilled a few bytes in the float32 1-D variant on sm_90; with 16, under 60, no spills.
 # Every variant's figures: docs/kernel_resources.md (python -m hart_edu.kernels.resources).
-NUM_WARPS = 8
+NUM_WARPS = 16
 
 
 def _launch(q_NHLd: torch.Tensor, k_NHLd: torch.Tensor, pos_NLP: torch.Tensor, f_J: torch.Tensor,
