@@ -21,7 +21,8 @@ How the kernels are found (nothing typed twice)
    divisibility specialisations, options), then ``triton.compile(ASTSource(...),
    target=GPUTarget("cuda", cc, 32))`` builds TTIR -> PTX -> cubin. Any error fails.
 3. **Resources**: the PTX goes through the ``ptxas`` that Triton itself uses for that target
-   (``ptxas -v``, Triton's own flags), which reports registers per thread and spill bytes;
+   (``ptxas -v``, Triton's own flags), which reports registers per thread and spill bytes
+   (checked against the registers the cubin Triton built declares, ``cuobjdump -res-usage``);
    shared memory is Triton's (``metadata.shared``). Results are cached beside Triton's own
    cache entry of the kernel (``~/.triton/cache`` or ``$TRITON_CACHE_DIR``), so a second run
    takes seconds.
@@ -360,6 +361,7 @@ class Compiled:
     spill_loads: int
     stack_frame: int  # bytes per thread
     shared: int  # bytes per block (Triton's allocation)
+    cubin_registers: int  # what the cubin Triton built declares (cuobjdump): must equal ``registers``
     seconds: float  # compile time here (0 when Triton's cache had it)
     error: str = ""
 
@@ -409,6 +411,23 @@ def ptxas_resources(ptx: str, capability: int, fp_fusion: bool) -> dict[str, int
             "spill_stores": int(spill.group(2)), "spill_loads": int(spill.group(3))}
 
 
+def cubin_registers(cubin: bytes) -> int:
+    """Registers per thread that a cubin's kernel declares (``cuobjdump -res-usage``, from Triton's wheel)."""
+    import tempfile
+
+    from triton import knobs
+
+    tool = Path(knobs.nvidia.ptxas.path).with_name("cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], check=True, capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+)", out)
+    if found is None:
+        raise RuntimeError(f"could not read cuobjdump -res-usage output: {out[-500:]}")
+    return int(found.group(1))
+
+
 def compile_launch(launch: dict[str, Any], capability: int) -> dict[str, Any]:
     """Compile one captured launch for ``capability`` as ``JITFunction.run`` would on that GPU."""
     import triton
@@ -429,10 +448,11 @@ def compile_launch(launch: dict[str, Any], capability: int) -> dict[str, Any]:
     kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
     seconds = time.perf_counter() - start
     cache = get_cache_manager(kernel.hash)
-    cached = cache.get_file("hart_edu_ptxas.json")
+    cached = cache.get_file("hart_edu_resources.json")
     if cached is None:
         resources = ptxas_resources(kernel.asm["ptx"], capability, kernel.metadata.enable_fp_fusion)
-        cache.put(json.dumps(resources), "hart_edu_ptxas.json", binary=False)
+        resources["cubin_registers"] = cubin_registers(kernel.asm["cubin"])
+        cache.put(json.dumps(resources), "hart_edu_resources.json", binary=False)
     else:
         resources = json.loads(Path(cached).read_text())
     return asdict(Compiled(Launch(**launch).key(), capability, sm_arch_from_capability(capability),
@@ -528,7 +548,7 @@ def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                    "constexprs": {k: launch.arguments[k] for k in launch.constexprs}, "grid": launch.grid,
                    "error": c.get("error", "")}
             if not row["error"]:
-                row |= {k: c[k] for k in ("arch", "num_warps", "num_stages", "registers", "spill_stores",
+                row |= {k: c[k] for k in ("arch", "num_warps", "num_stages", "registers", "cubin_registers", "spill_stores",
                                           "spill_loads", "stack_frame", "shared")}
                 row |= occupancy(c["registers"], c["num_warps"], c["shared"], SM_LIMITS[cc])
                 row["floor_us"] = {gpu: launch.bytes_moved / bw * 1e6 for gpu, (bw, _) in HBM_BANDWIDTH.items()}

@@ -68,6 +68,13 @@ def test_cfg_sample_every_switch_combination_is_compiled():
     assert len(combos) == 32
 
 
+def test_the_registers_read_from_ptxas_are_those_of_the_cubin_triton_built():
+    report, _ = measured()
+    mismatched = [(r["family"], r["kernel"], r["variant"], r["target"]) for r in report["rows"]
+                  if not r["error"] and r["registers"] != r["cubin_registers"]]
+    assert not mismatched, mismatched
+
+
 def test_no_spills_and_enough_resident_warps_at_the_released_shapes():
     report, _ = measured()
     assert report["violations"] == [], "\n".join(report["violations"])

@@ -30,7 +30,7 @@ def test_refuses_in_one_line_with_status_2_without_a_gpu(tmp_path):
 def test_the_plan_runs_what_the_gpu_rows_need_within_ten_minutes():
     steps = gpu_check.plan(Path("docs/gpu"), "NVIDIA H200", python="python")
     commands = [" ".join(s.command) for s in steps]
-    assert "pytest tests/kernels" in commands[0]
+    assert "pytest tests/kernels" in commands[0] and "--ignore=tests/kernels/test_compile.py" in commands[0]
     assert "hart_edu.parity tests/golden --backend triton" in commands[1]
     assert "hart_edu.kernels.bench --json docs/gpu/bench-h200.json" in commands[2]
     assert "profile --size 1024px" in commands[3] and "--batch-sizes 1,8" in commands[3]

@@ -46,7 +46,7 @@ def fake_data() -> dict:
     regs = {keys[0]: 200, keys[1]: 40, keys[2]: 250}
     compiled = [{"launch_key": k, "target": cc, "arch": f"sm_{cc}", "name": "k", "num_warps": 4, "num_stages": 3,
                  "registers": regs[k], "spill_stores": 8 if (k == keys[0] and cc == 90) else 0, "spill_loads": 0,
-                 "stack_frame": 0, "shared": 0, "seconds": 0.1, "error": ""}
+                 "stack_frame": 0, "shared": 0, "cubin_registers": regs[k], "seconds": 0.1, "error": ""}
                 for k in keys for cc in (80, 90)]
     return {"launches": launches, "compiled": compiled}
 
