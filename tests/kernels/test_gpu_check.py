@@ -100,3 +100,13 @@ def test_the_repository_gpu_figures_page_has_the_markers():
     text = (REPO_ROOT / "docs" / "gpu_figures.md").read_text()
     assert gpu_check.FIGURES_BEGIN in text and gpu_check.FIGURES_END in text
     assert "make gpu-check" in text
+
+
+def test_the_planned_profile_command_parses_with_the_real_cli():
+    """The profile step's flags are the hart-edu CLI's own (a renamed flag fails here, not on the GPU day)."""
+    from hart_edu.cli import build_parser
+
+    step = gpu_check.plan(Path("docs/gpu"), "NVIDIA H200", python="python")[3]
+    args = build_parser().parse_args(step.command[3:])  # after: python -m hart_edu
+    assert (args.size, args.batch_sizes, args.backends) == ("1024px", "1,8", "reference,triton")
+    assert args.json == Path("docs/gpu/profile-h200-1024px.json")
