@@ -212,7 +212,7 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, d
     import io
 
     from hart_edu.memory import map_large_blocks
-    from hart_edu.quantize import quantize_int8_
+    from hart_edu.quantize import quantize_pipeline_int8_
 
     from hart_edu.kernels.backend import triton_status
     from hart_edu.sampler import TREE_DEFAULT, HARTPipeline, grid_to_uint8, image_grid, uint8_to_pil
@@ -228,8 +228,7 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, d
         backend=args.backend, dtype=dtype, release_text_encoder=True,
     )
     if args.quantize == "int8":
-        quantize_int8_(pipe.text_encoder.model)
-        quantize_int8_(pipe.transformer)
+        quantize_pipeline_int8_(pipe.text_encoder.model, pipe.transformer)
     out = pipe(
         request.prompts, cfg=request.cfg, top_k=request.top_k or None, top_p=request.top_p or None,
         more_smooth=args.more_smooth, seed=args.seed, residual=args.residual,

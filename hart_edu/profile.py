@@ -263,6 +263,7 @@ def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch
     ``release_text_encoder``: the pipeline's option (free the text encoder after the first
     call has encoded its prompts). ``quantize``: "int8" draws the text encoder's and the
     transformer's linear layers as int8 layers (:mod:`hart_edu.quantize`; float32 only)."""
+    from hart_edu.ar_transformer import HARTTransformer
     from hart_edu.hybrid_tokenizer import HybridTokenizer
     from hart_edu.quantize import check_quantize, materialise_random_int8
     from hart_edu.sampler import HARTPipeline, check_dtype
@@ -274,7 +275,9 @@ def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch
     arch = size if isinstance(size, Architecture) else ARCHITECTURES[size]
     materialise = materialise_random
     if check_quantize(quantize, dtype) == "int8":
-        materialise = materialise_random_int8(skip=lambda model: isinstance(model, HybridTokenizer))
+        materialise = materialise_random_int8(  # as quantize_pipeline_int8_: the text encoder weight-only
+            skip=lambda model: isinstance(model, HybridTokenizer),
+            weight_only=lambda model: not isinstance(model, (HybridTokenizer, HARTTransformer)))
     models = build_models(arch, torch.device(device), dtype, seed, materialise)
     T = models.transformer.config.context_token
     words = _word_tokenizer([system_prompt or "", *prompts], models.text_model.config.vocab_size)

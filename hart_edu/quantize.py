@@ -12,12 +12,21 @@ products):
   every call the activations are quantized too, per tensor to uint8 (``x ~= a (u - z)``, a and
   z from this call's min and max; 7 bits on x86, ``reduce_range``), the product runs in
   integers (int32 sums) and is scaled back to float32. A quarter of float32's weight memory,
-  and on a 2-core AVX2 EPYC 1.4-1.7x faster than the float32 product for the released
-  transformer's layer sizes (measured, docs/cpu/README.md).
-* **weight-only int8** (:class:`Int8WeightLinear`): for a layer whose owner reads ``.weight``
-  itself (the transformer's ``qkv_proj``, which :class:`~hart_edu.ar_transformer.LlamaAttention`
-  multiplies with its split bias in one ``F.linear``): ``.weight`` is dequantized to float32 at
-  each read, the product stays float32. Memory only, no speed.
+  and on a 2-core AVX2 EPYC 1.6-1.9x faster than the float32 product for the released
+  transformer's layer sizes (docs/cpu/component-ratios-avx2.json).
+* **weight-only int8** (:class:`Int8WeightLinear`): ``.weight`` is dequantized to float32 at
+  each read and the product stays float32: the memory of int8, the speed of float32, and no
+  rounding of the activations. Used for a layer whose owner reads ``.weight`` itself (the
+  transformer's ``qkv_proj``, which :class:`~hart_edu.ar_transformer.LlamaAttention` multiplies
+  with its split bias in one ``F.linear``) and for the whole text encoder
+  (:func:`quantize_pipeline_int8_`).
+
+Why the text encoder is weight-only (released Qwen2 architecture, random weights, 300 tokens,
+measured on the AVX2 EPYC, docs/cpu/int8-fidelity-1024px.json): dynamic int8 moved its output
+by up to 2.67 (mean 0.357; the float32 output's largest value is 4.74) for a 2.8x speed-up of a
+phase that runs once per image (11.9 s of the 400.8 s float32 image); weight-only int8 moves it
+by up to 0.38 (mean 0.063) at float32's speed. Its memory is the point: 4.88 GiB of float32
+linear weights become 1.22 GiB.
 
 :func:`quantize_int8_` swaps the layers of a float32 model in place; every layer except the
 ones named in ``keep_float`` (the transformer's logits ``head``: a small share of the work that
@@ -49,6 +58,7 @@ __all__ = [
     "Int8WeightLinear",
     "Int8Summary",
     "quantize_int8_",
+    "quantize_pipeline_int8_",
     "materialise_random_int8",
     "check_quantize",
     "is_int8_layer",
@@ -153,13 +163,14 @@ class Int8Summary:
                            self.float_bytes + other.float_bytes, self.int8_bytes + other.int8_bytes)
 
 
-def _swap(owner: nn.Module, attr: str, linear: nn.Linear, summary: Int8Summary) -> None:
-    """Replace ``owner.attr`` (``linear``) by its int8 layer; count it in ``summary``."""
+def _swap(owner: nn.Module, attr: str, linear: nn.Linear, summary: Int8Summary, weight_only: bool = False) -> None:
+    """Replace ``owner.attr`` (``linear``) by its int8 layer (weight-only with ``weight_only`` or
+    where the owner reads ``.weight``; else dynamic int8); count it in ``summary``."""
     if linear.weight.dtype != torch.float32:
         raise ValueError(f"int8 quantization starts from float32 weights, got {linear.weight.dtype} "
                          f"({type(owner).__name__}.{attr})")
     summary.float_bytes += sum(p.numel() * p.element_size() for p in linear.parameters())
-    if (type(owner).__name__, attr) in _WEIGHT_READ_BY_OWNER:
+    if weight_only or (type(owner).__name__, attr) in _WEIGHT_READ_BY_OWNER:
         new = Int8WeightLinear.from_float(linear)
         summary.weight_only_layers += 1
         summary.int8_bytes += sum(t.numel() * t.element_size() for t in (*new.buffers(), *new.parameters()))
@@ -183,26 +194,37 @@ def _linears(model: nn.Module, keep_float: Sequence[str]) -> tuple[list[tuple[nn
 
 
 @torch.no_grad()
-def quantize_int8_(model: nn.Module, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> Int8Summary:
+def quantize_int8_(model: nn.Module, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
+                   weight_only: bool = False) -> Int8Summary:
     """Swap every ``nn.Linear`` of the float32 ``model`` for an int8 one, in place (dynamic int8;
-    weight-only where the owner reads ``.weight``), except layers whose attribute name is in
-    ``keep_float``. Returns what changed. The model must be in eval mode (inference only)."""
+    weight-only with ``weight_only`` and where the owner reads ``.weight``), except layers whose
+    attribute name is in ``keep_float``. Returns what changed. The model must be in eval mode
+    (inference only)."""
     if model.training:
         raise ValueError("int8 layers are for inference: call model.eval() first")
     summary = Int8Summary()
     found, summary.kept_float = _linears(model, keep_float)
     for owner, attr, _ in found:
-        _swap(owner, attr, getattr(owner, attr), summary)
+        _swap(owner, attr, getattr(owner, attr), summary, weight_only)
     return summary
 
 
+def quantize_pipeline_int8_(text_model: nn.Module, transformer: nn.Module) -> Int8Summary:
+    """``--quantize int8`` of a loaded pipeline: the text encoder weight-only (it runs once per
+    call, so its speed matters little, and its activations are not rounded: see the module's
+    measurements), the transformer dynamic int8 (its logits ``head`` float32)."""
+    return quantize_int8_(text_model, keep_float=(), weight_only=True).add(quantize_int8_(transformer))
+
+
 def materialise_random_int8(keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
-                            skip: Callable[[nn.Module], bool] = lambda model: False):
+                            skip: Callable[[nn.Module], bool] = lambda model: False,
+                            weight_only: Callable[[nn.Module], bool] = lambda model: False):
     """A ``materialise`` for :func:`hart_edu.profile.build_models`: the float32 random draw of
     :func:`hart_edu.profile.materialise_random`, module by module in the same order (so the
     same numbers as the float32 build), each ``nn.Linear`` quantized right after its weights are
     drawn: the peak memory is the int8 model plus one float32 layer. Models for which ``skip``
-    is true are materialised as usual. ``summaries`` (an attribute of the returned function)
+    is true are materialised as usual; models for which ``weight_only`` is true get weight-only
+    int8 layers (see :func:`quantize_pipeline_int8_`). ``summaries`` (an attribute of the returned function)
     collects each model's :class:`Int8Summary`."""
     from hart_edu.profile import materialise_random
 
@@ -215,7 +237,8 @@ def materialise_random_int8(keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
             return materialise_random(model, device, dtype, generator)
         if dtype != torch.float32:
             raise ValueError(f"int8 layers are drawn from float32 weights, not {dtype}")
-        found, kept = _linears(model, keep_float)
+        only_weights = weight_only(model)
+        found, kept = _linears(model, () if only_weights else keep_float)
         to_swap = {id(getattr(owner, attr)): (owner, attr) for owner, attr, _ in found}
         summary = Int8Summary(kept_float=kept)
         for module in list(model.modules()):
@@ -226,7 +249,7 @@ def materialise_random_int8(keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
             materialise_random(shell, device, dtype, generator)
             if id(module) in to_swap:
                 owner, attr = to_swap[id(module)]
-                _swap(owner, attr, module, summary)
+                _swap(owner, attr, module, summary, only_weights)
         summaries.append(summary)
         return model.to(device).eval()
 
