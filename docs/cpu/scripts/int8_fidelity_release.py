@@ -7,7 +7,8 @@ difference of the first scales' logits, and of the text encoder's output, agains
   quantized in place (hart_edu.quantize.quantize_int8_) and the run repeated. The text context
   comes from a 1-layer random text encoder of the released width (the same for both runs).
 * text encoder: Qwen2-VL-1.5B's language model at its released size, random weights, 300 random
-  token ids; float32, then int8 in place.
+  token ids; float32, then int8 in place: dynamic int8, and (rebuilt, the same numbers)
+  weight-only int8, what ``--quantize int8`` uses for the text encoder.
 
 Also the wall time of the K scales in both runs (same process, one after the other; on a busy
 machine read the ratio, not the seconds). Run from the repository root:
@@ -80,7 +81,7 @@ def transformer_part(K: int) -> dict:
         "float32": round(t_f32, 2), "int8": round(t_q, 2), "float32 / int8": round(t_f32 / t_q, 3)}}
 
 
-def text_encoder_part() -> dict:
+def text_encoder_part(weight_only: bool) -> dict:
     import transformers
 
     config = transformers.Qwen2Config(**RELEASED_TEXT_ENCODER, attn_implementation="sdpa")
@@ -92,7 +93,7 @@ def text_encoder_part() -> dict:
         t0 = time.perf_counter()
         a = model(input_ids=ids).last_hidden_state
         t_f32 = time.perf_counter() - t0
-        summary = quantize_int8_(model)
+        summary = quantize_int8_(model, keep_float=(), weight_only=weight_only)
         t0 = time.perf_counter()
         b = model(input_ids=ids).last_hidden_state
         t_q = time.perf_counter() - t0
@@ -104,17 +105,20 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--scales", type=int, default=10, help="K: how many first scales (default 10: up to 27x27)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--parts", default="transformer,text dynamic,text weight-only")
+    p.add_argument("--json", type=Path, default=None, help="written, or updated part by part when it exists")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    report = {"load average before": os.getloadavg(), "torch threads": args.threads,
-              "transformer": transformer_part(args.scales)}
-    print(json.dumps(report["transformer"], indent=1))
-    report["text encoder"] = text_encoder_part()
-    print(json.dumps(report["text encoder"], indent=1))
-    report["load average after"] = os.getloadavg()
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    report = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    parts = {"transformer": lambda: transformer_part(args.scales),
+             "text dynamic": lambda: text_encoder_part(weight_only=False),
+             "text weight-only": lambda: text_encoder_part(weight_only=True)}
+    for name in args.parts.split(","):
+        load = os.getloadavg()
+        report[name] = {**parts[name](), "load average before": load, "torch threads": args.threads}
+        print(name, json.dumps(report[name], indent=1), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
