@@ -13,7 +13,10 @@ The teaching core
                                       teacher forcing
 * :mod:`hart_edu.generation`          the scale-by-scale generation loop: CFG, sampling, the
                                       MaskGIT last stage, the official quirks
-* :mod:`hart_edu.residual_diffusion`  the MLP denoiser of the continuous residual and its schedule
+* :mod:`hart_edu.diffusion_schedule`  the head's noise schedules: cosine betas, respacing, the
+                                      per-step arrays (IDDPM)
+* :mod:`hart_edu.residual_diffusion`  the MLP denoiser of the continuous residual: one reverse
+                                      step, the sampling loop, the training loss (MAR's DiffLoss)
 * :mod:`hart_edu.sampler`             ``HARTPipeline``: text -> codes + residual -> one decode -> images
 * :mod:`hart_edu.kernels`             each fused operation's readable reference beside its Triton
                                       kernel, chosen with one explicit switch

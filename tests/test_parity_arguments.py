@@ -73,7 +73,7 @@ def _fixture_with_other_arguments(golden_dir: Path, tmp_path: Path) -> Path:
 @torch.no_grad()
 def test_a_fixture_made_with_other_arguments_is_replayed_with_them(golden_dir, tmp_path):
     from hart_edu.parity.diffusion import load_head, produce
-    from hart_edu.residual_diffusion import DiffusionSchedule, cosine_betas
+    from hart_edu.diffusion_schedule import DiffusionSchedule, cosine_betas
 
     golden = Golden.load(_fixture_with_other_arguments(golden_dir, tmp_path))
     out = produce(golden)

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from hart_edu.checkpoint import CheckpointError
-from hart_edu.residual_diffusion import (
-    DiffusionHeadConfig,
-    DiffusionSchedule,
-    ResidualDiffusion,
-    cosine_betas,
-    space_timesteps,
-)
+from hart_edu.diffusion_schedule import DiffusionSchedule, cosine_betas, space_timesteps
+from hart_edu.residual_diffusion import DiffusionHeadConfig, ResidualDiffusion
 
 from golden_fixtures import GOLDEN_DIR, needs_golden  # noqa: E402
 

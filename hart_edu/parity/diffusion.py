@@ -16,12 +16,8 @@ import torch
 from hart_edu.checkpoint import load_weight_file, read_config
 from hart_edu.parity import Golden
 from hart_edu.parity.arguments import shared_argument
-from hart_edu.residual_diffusion import (
-    DiffusionSchedule,
-    ResidualDiffusion,
-    cosine_betas,
-    strip_prefix,
-)
+from hart_edu.diffusion_schedule import DiffusionSchedule, cosine_betas
+from hart_edu.residual_diffusion import ResidualDiffusion, strip_prefix
 
 
 def _argument(golden: Golden, names: list[str], key: str, kind, call: str):
