@@ -11,6 +11,7 @@ The teaching core
 * :mod:`hart_edu.text_encoder`        the official prompt encoding around a frozen language model
 * :mod:`hart_edu.ar_transformer`      the network: attention, blocks, one forward over a scale,
                                       teacher forcing
+* :mod:`hart_edu.kv_cache`            the per-block key/value cache the stages attend through
 * :mod:`hart_edu.generation`          the scale-by-scale generation loop: CFG, sampling, the
                                       MaskGIT last stage, the official quirks
 * :mod:`hart_edu.diffusion_schedule`  the head's noise schedules: cosine betas, respacing, the

@@ -15,7 +15,7 @@ the text encoder freed after encoding; docs/cpu):
 * :func:`return_free_memory` after the release: RSS fell to 2.3 GiB (the 2x2 scale's mark in
   docs/cpu/run-real-1024px-bf16.txt), but the 48x48 and 64x64
   scales grew the heap again: peak 6.75 GiB; with the KV cache written into one buffer
-  (:class:`hart_edu.ar_transformer.KVCache`) instead of concatenated at every scale, 5.98 GiB
+  (:class:`hart_edu.kv_cache.KVCache`) instead of concatenated at every scale, 5.98 GiB
   (25 MB activations of varying lifetimes still fragment the heap).
 * and :func:`map_large_blocks` with 16 MiB: those activations get mappings of their own and
   go back when freed: peak 5.29 GiB, 52.5 s on 2 idle cores (95.5 s CPU, 27.4 s of it system

@@ -149,7 +149,7 @@ def test_manifest_hypotheses(section):
 
 def test_kv_cache_buffer_holds_what_concatenation_holds():
     """Generation writes into a buffer of the whole length; training concatenates: same cache."""
-    from hart_edu.ar_transformer import KVCache
+    from hart_edu.kv_cache import KVCache
 
     g = torch.Generator().manual_seed(0)
     growing, buffered = KVCache(), KVCache(capacity=16)

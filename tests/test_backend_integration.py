@@ -119,8 +119,9 @@ def _randomize(module: torch.nn.Module, generator: torch.Generator, scale: float
 def child_modules() -> None:
     """Block (RMSNorm+modulate, RoPE, SwiGLU), the head's adaLN, the diffusion MLP (LayerNorm +
     modulate) and the nearest code: forward and parameter gradients under both backends."""
-    from hart_edu.ar_transformer import AdaLNBeforeHead, Block, KVCache, TransformerConfig
+    from hart_edu.ar_transformer import AdaLNBeforeHead, Block, TransformerConfig
     from hart_edu.kernels.nearest_code import nearest_code
+    from hart_edu.kv_cache import KVCache
     from hart_edu.residual_diffusion import MLPAdaLN
 
     g = torch.Generator().manual_seed(0)
