@@ -30,8 +30,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a file name where generat
 
 
 def add_generate_parser(sub) -> None:
-    from hart_edu.cpu_dtype import DTYPE_CHOICES
-    from hart_edu.quantize import QUANTIZE_CHOICES
+    from hart_edu.cpu_dtype import add_cpu_arguments
     from hart_edu.safety import add_safety_arguments
     from hart_edu.sampler import DEFAULT_SEED
 
@@ -74,12 +73,7 @@ def add_generate_parser(sub) -> None:
     gen.add_argument("--backend", choices=("reference", "triton"), default="reference",
                      help="kernel backend: PyTorch reference or the fused Triton kernels (a CUDA device, or "
                           "TRITON_INTERPRET=1 to run them slowly on the CPU; default: reference)")
-    gen.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                     help="weights dtype; auto: bfloat16 where this CPU multiplies it natively (AMX, AVX-512 BF16), "
-                          "else float32; the choice and its reason are printed (default: auto)")
-    gen.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
-                     help="int8: the text encoder's and the transformer's linear layers in int8, float32 "
-                          "activations (less memory, faster on a CPU, slightly different images; default: none)")
+    add_cpu_arguments(gen)
     add_safety_arguments(gen)
 
 

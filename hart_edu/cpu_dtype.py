@@ -41,6 +41,7 @@ __all__ = [
     "DTYPE_CHOICES",
     "cpu_features",
     "choose_cpu_dtype",
+    "add_cpu_arguments",
 ]
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -206,3 +207,18 @@ def choose_cpu_dtype(requested: str | torch.dtype = "auto", features: CpuFeature
                            warning=f"this CPU multiplies bfloat16 natively ({native}): --dtype auto (bfloat16) "
                                    f"would be faster and take half the memory")
     return DtypeChoice(dtype, "asked for", requested)
+
+
+def add_cpu_arguments(parser) -> None:
+    """``--dtype`` / ``--quantize`` on an argparse parser (``hart-edu generate`` and ``run-real``):
+    what :func:`choose_cpu_dtype` is asked for."""
+    from hart_edu.quantize import QUANTIZE_CHOICES
+
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="weights dtype; auto: bfloat16 where this CPU multiplies it natively (AMX, AVX-512 "
+                             "BF16), else float32; the choice and its reason are printed (see "
+                             "hart_edu.cpu_dtype; default: auto)")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
+                        help="int8: the text encoder's and the transformer's linear layers in int8, float32 "
+                             "activations (less memory, faster on a CPU, slightly different images; see "
+                             "hart_edu.quantize; default: none)")

@@ -206,8 +206,7 @@ DEFAULT_PROMPT = "An astronaut riding a horse on the moon, oil painting by Van G
 
 
 def add_parser(sub) -> None:
-    from hart_edu.cpu_dtype import DTYPE_CHOICES
-    from hart_edu.quantize import QUANTIZE_CHOICES
+    from hart_edu.cpu_dtype import add_cpu_arguments
 
     p = sub.add_parser(
         "run-real",
@@ -221,12 +220,7 @@ def add_parser(sub) -> None:
     p.add_argument("--size", default="1024px", choices=["1024px", "1024px-depth24", "tiny"],
                    help="1024px: the released model (manifest hypothesis depth 16 + adaLN; default); "
                         "1024px-depth24: the other hypothesis; tiny: a test-sized model")
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="weights dtype; auto: bfloat16 where this CPU multiplies it natively (AMX, AVX-512 "
-                        "BF16), else float32 (see hart_edu.cpu_dtype; default: auto)")
-    p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
-                   help="int8: the text encoder's and transformer's linear layers in int8 (dynamic int8, "
-                        "float32 activations; see hart_edu.quantize; default: none)")
+    add_cpu_arguments(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--prompt", default=DEFAULT_PROMPT)

@@ -102,6 +102,19 @@ def test_booleans_can_be_switched_off():
     assert (on.seed, on.cfg, on.num_images, on.top_k, on.top_p) == (1, 4.5, 1, None, None)
 
 
+def test_generate_and_run_real_take_the_same_cpu_arguments():
+    """--dtype / --quantize come from one place (hart_edu.cpu_dtype.add_cpu_arguments)."""
+    parser = cli.build_parser()
+    commands = (["generate", "--prompt", "x"], ["run-real", "--random-weights"])
+    for argv in commands:
+        default = parser.parse_args(argv)
+        assert (default.dtype, default.quantize) == ("auto", "none")
+        chosen = parser.parse_args(argv + ["--dtype", "float32", "--quantize", "int8"])
+        assert (chosen.dtype, chosen.quantize) == ("float32", "int8")
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv + ["--dtype", "int8"])
+
+
 # ------------------------------------------------------------------------------ bad input
 
 
