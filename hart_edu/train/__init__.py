@@ -3,14 +3,17 @@
 Each script keeps its knobs in a ``TrainSettings`` dataclass; :func:`add_settings_arguments`
 turns the fields into command-line flags (booleans get ``--x/--no-x``) and
 :func:`settings_from_args` reads them back, so a field added to the dataclass is a flag at once.
-Both scripts follow the learning-rate schedule :func:`warmup_cosine_lr`.
+Both scripts follow the learning-rate schedule :func:`warmup_cosine_lr` and write their reports
+with :func:`write_report`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import fields
+from pathlib import Path
 from typing import TypeVar
 
 S = TypeVar("S")
@@ -42,3 +45,11 @@ def warmup_cosine_lr(step: int, lr: float, warmup: int, steps: int) -> float:
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def write_report(folder: Path, name: str, report: dict, history: list[dict]) -> None:
+    """``folder/{name}_report.json`` (the run's summary) and ``folder/{name}_history.json`` (one
+    entry per logged step), the files the README tables and the notebooks read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / f"{name}_history.json").write_text(json.dumps(history) + "\n")

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
 from hart_edu.images import psnr
-from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr
+from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr, write_report
 from hart_edu.vq import codebook_usage
 
 TINY_TOKENIZER = TokenizerConfig(
@@ -198,9 +198,7 @@ def save_report(report: dict, history: list[dict], folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tokenizer_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "tokenizer_history.json").write_text(json.dumps(history) + "\n")
+    write_report(folder, "tokenizer", report, history)
     fig, ax = plt.subplots(1, 2, figsize=(9, 3))
     for hybrid, label in ((True, "hybrid steps"), (False, "discrete-only steps")):
         pts = [(h["step"], h["recon_mse"]) for h in history if h["hybrid_step"] == hybrid]

@@ -80,7 +80,7 @@ from hart_edu.text_encoder import (
     TextEncoder,
     pip_model_folder,
 )
-from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr
+from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr, write_report
 
 __all__ = [
     "TEXT_ENCODER_PACKAGE",
@@ -486,9 +486,7 @@ def save_report(report: dict, history: list[dict], folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "transformer_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "transformer_history.json").write_text(json.dumps(history) + "\n")
+    write_report(folder, "transformer", report, history)
     steps = [h["step"] for h in history]
     w = max(1, len(history) // 50)
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
