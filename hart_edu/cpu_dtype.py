@@ -6,10 +6,11 @@ bfloat16 halves the weights' memory, but whether it is also fast depends on the 
   (``avx512_bf16``: Cooper Lake, AMD Zen 4 and later) oneDNN multiplies bfloat16 matrices in
   hardware; the released 1024px HART made one image in 52.5 s in bfloat16 on 2 cores of an
   AMX Xeon (docs/cpu);
-* without them (AVX2 CPUs: most laptops, AMD EPYC before Zen 4) every bfloat16 product is
+* without them (AVX2 CPUs without those extensions, e.g. AMD EPYC before Zen 4) every bfloat16 product is
   converted to float32 and back inside the kernel. Measured on a 2-core AMD EPYC (AVX2): a
-  1536 x 4096 linear layer ran 8-11x slower in bfloat16 than in float32, and the released
-  model's text encoder took 54.9 s instead of 11.9 s (issue 16's table, docs/cpu).
+  1536 x 4096 linear layer ran 6-7x slower in bfloat16 than in float32
+  (docs/cpu/component-ratios-avx2.json), and the released model's text encoder took 54.9 s
+  instead of 11.9 s (issue 16's table).
 
 :func:`choose_cpu_dtype` turns a requested dtype ("auto" or a name) into a
 :class:`DtypeChoice`: "auto" is bfloat16 where it is native and float32 otherwise; an explicit
@@ -17,8 +18,8 @@ dtype is always obeyed, with a warning (:attr:`DtypeChoice.warning`) when it is 
 The callers print :meth:`DtypeChoice.line` (one line: the dtype and why) and record it.
 
 float16 is native only with AMX-FP16 or AVX-512 FP16 (``amx_fp16`` / ``avx512_fp16``); auto
-never picks it on a CPU (its range is too small for some activations of the released model
-without the GPU's loss scaling tricks; bfloat16 has float32's range).
+never picks it on a CPU (bfloat16 keeps float32's exponent range; float16 runs of the released
+model are not measured here).
 
 The CPU's features come from torch (``torch.cpu._is_amx_tile_supported`` and its siblings,
 what oneDNN itself checks: the instructions *and* the operating system's permission to use

@@ -241,15 +241,20 @@ def materialise_random_int8(keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
         found, kept = _linears(model, () if only_weights else keep_float)
         to_swap = {id(getattr(owner, attr)): (owner, attr) for owner, attr, _ in found}
         summary = Int8Summary(kept_float=kept)
-        for module in list(model.modules()):
+        # By name, one module at a time: a list of the modules would keep every swapped float32
+        # layer alive until the end (measured on the released architecture: a build peak of
+        # 7.70 GiB instead of 3.79 GiB, docs/cpu).
+        for name in [name for name, _ in model.named_modules()]:
+            module = model.get_submodule(name)
             if not module._parameters:
                 continue
             shell = nn.Module()  # materialise_random draws the parameters of every module it visits:
             shell._parameters = module._parameters  # give it this module's own ones only (same dict)
             materialise_random(shell, device, dtype, generator)
             if id(module) in to_swap:
-                owner, attr = to_swap[id(module)]
+                owner, attr = to_swap.pop(id(module))
                 _swap(owner, attr, module, summary, only_weights)
+            del module, shell
         summaries.append(summary)
         return model.to(device).eval()
 
