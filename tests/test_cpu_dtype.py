@@ -190,10 +190,17 @@ def test_comparison_uses_the_closest_kind_and_the_same_setting(tmp_path):
     assert len(table) == 5 and "| AVX2 | CPU avx2-int8 | 2 | float32 + int8 |" in table[4] and "**200.0 s**" in table[4]
 
 
-def test_the_recorded_runs_load():
+def test_the_recorded_runs_load_and_the_readmes_quote_them():
+    from hart_edu.paths import REPO_ROOT
+
     records = load_records(RECORDS_FILE)
-    assert {r.kind for r in records} >= {"AMX"} and all(r.size == "1024px" for r in records)
+    assert {r.kind for r in records} >= {"AMX", "AVX2"} and all(r.size == "1024px" for r in records)
     assert all(r.total_seconds > 0 and r.peak_bytes > 0 for r in records)
+    rows = markdown_table(records).splitlines()
+    for readme in (REPO_ROOT / "README.md", RECORDS_FILE.parent / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        missing = [row for row in rows if row not in text]
+        assert not missing, f"{readme} does not quote (python -m hart_edu.cpu_records): {missing}"
 
 
 # ---------------------------------------------------------------------------------- generate
