@@ -98,7 +98,8 @@ def comparison_line(total_seconds: float, peak_bytes: int, kind: str, size: str,
         return f"no recorded runs to compare with ({RECORDS_FILE} comes with the source checkout)"
     candidates = closest_records([r for r in records if r.size == size], kind)
     if not candidates:
-        return f"no recorded run of --size {size} to compare with (docs/cpu records {', '.join(sorted({r.size for r in records}))})"
+        recorded = ", ".join(sorted({r.size for r in records}))
+        return f"no recorded run of --size {size} to compare with (docs/cpu records {recorded})"
     same = [r for r in candidates if (r.dtype, r.quantize) == (dtype, quantize)]
     record = (same or candidates)[0]
     relation = "the same kind" if record.kind == kind else f"the closest kind to {kind}"
@@ -112,7 +113,8 @@ PHASES = ("text encoder", "transformer", "diffusion", "VAE decoder")
 
 def markdown_table(records: list[Record]) -> str:
     """The README's table: one row per record, phase times, total and peak."""
-    head = "| machine kind | CPU | threads | dtype | " + " | ".join(PHASES) + " | one 1024px image | peak RSS | report |"
+    head = ("| machine kind | CPU | threads | dtype | " + " | ".join(PHASES)
+            + " | one 1024px image | peak RSS | report |")
     rule = "|" + "---|" * (head.count("|") - 1)
     rows = [head, rule]
     for r in records:
