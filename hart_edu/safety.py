@@ -127,10 +127,10 @@ class SafetyChecker:
                 f"--safety-checker {folder}: no config.json there (expected a local copy of "
                 f"google/shieldgemma-2b)")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
             # transformers renamed torch_dtype= to dtype= in 4.56 (as in text_encoder.py)
             dtype_kwarg = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
                                                          **{dtype_kwarg: dtype})
         except Exception as err:  # transformers and safetensors raise many types: all mean "unusable"
             message = " ".join(str(err).split())

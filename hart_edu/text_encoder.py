@@ -293,8 +293,10 @@ def load_text_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> t
     # transformers renamed torch_dtype= to dtype= in 4.56.
     dtype_kwarg = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     try:
+        # trust_remote_code=False: a folder whose config asks for its own Python code is refused
+        # (transformers would otherwise ask on stdin, and "y" would run that code).
         model = transformers.AutoModel.from_pretrained(
-            str(folder), local_files_only=True, **{dtype_kwarg: dtype}
+            str(folder), local_files_only=True, trust_remote_code=False, **{dtype_kwarg: dtype}
         )
     except Exception as err:  # transformers and safetensors raise many types: all mean "unusable"
         from hart_edu.checkpoint import CheckpointError
@@ -416,7 +418,8 @@ class TextEncoder:
                 f"tokenizer_folder=, or use load_text_model + encode_id_lists to encode token ids"
             )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True,
+                                                      trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise FileNotFoundError(
                 f"no usable tokenizer in {tokenizer_folder} ({err}); pass tokenizer_folder=, or use "

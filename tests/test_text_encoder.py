@@ -280,3 +280,44 @@ def test_tokenizer_without_pad_token_is_an_error(text_model):
     no_pad = type("NoPad", (), {"pad_token_id": None})()
     with pytest.raises(ValueError, match="no pad token"):
         TextEncoder(text_model, no_pad, max_length=8, system_prompt=None)
+
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "custom_encoder"])
+def test_folder_asking_for_its_own_code_never_runs_it(golden, tmp_path, monkeypatch, model_type):
+    """A config with ``auto_map`` (custom modelling code) never runs that code and nothing is
+    asked on stdin (transformers would ask, and "y" would run it): a known ``model_type`` loads
+    transformers' own class, an unknown one is refused with one error."""
+    import json
+    import shutil
+
+    from hart_edu.checkpoint import CheckpointError
+
+    folder = tmp_path / "text_encoder"
+    shutil.copytree(golden.official("text_encoder"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = model_type
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig", "AutoModel": "custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    ran = tmp_path / "ran"
+    (folder / "custom.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    # transformers asks on stdin when trust_remote_code is None: record what it was given
+    import transformers.models.auto.auto_factory as auto_factory
+    import transformers.models.auto.configuration_auto as configuration_auto
+
+    given = []
+    for module in (auto_factory, configuration_auto):
+        real = module.resolve_trust_remote_code
+
+        def recording(trust_remote_code, *args, _real=real, **kwargs):
+            given.append(trust_remote_code)
+            return _real(trust_remote_code, *args, **kwargs)
+
+        monkeypatch.setattr(module, "resolve_trust_remote_code", recording)
+    if model_type == "qwen2":
+        assert type(load_text_model(folder)).__module__.startswith("transformers.")
+    else:
+        with pytest.raises(CheckpointError, match="cannot load the text encoder"):
+            load_text_model(folder)
+        assert given and all(value is False for value in given), given
+    assert not ran.exists()
