@@ -197,7 +197,7 @@ def print_table(result: EvalResult, label: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hart_edu.paths import TINY_WEIGHTS
+    from hart_edu.paths import TINY_WEIGHTS, display_path
 
     p = argparse.ArgumentParser(prog="python -m hart_edu.eval", description=__doc__.split("\n")[0])
     p.add_argument("--weights", type=Path, default=TINY_WEIGHTS, help="a HART tree (default: weights/tiny)")
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             return evaluate(gen, scenes, args.batch_size)
 
-    report: dict = {"weights": str(args.weights), "n": args.n, "residual": residual, "seed": args.seed,
+    report: dict = {"weights": display_path(args.weights), "n": args.n, "residual": residual, "seed": args.seed,
                     "more_smooth": args.more_smooth, "top_k": args.top_k, "top_p": args.top_p,
                     "greedy": args.greedy}
     if args.sweep:
