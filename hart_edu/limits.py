@@ -11,14 +11,22 @@ form needs on top, so that absurd input is refused in one line before a model is
   so. Far beyond any useful length (:data:`MAX_PROMPT_CHARS` characters) it is refused;
 * one run makes at most :data:`MAX_IMAGES` images (prompts x images per prompt): the
   pipeline generates them as one batch;
-* a prompt file is at most :data:`MAX_PROMPT_FILE_BYTES` bytes.
+* a prompt file is at most :data:`MAX_PROMPT_FILE_BYTES` bytes;
+* ``--threads`` is between 1 and :func:`max_threads` (this machine's logical CPUs): more
+  intra-op threads than CPUs only make them wait for each other, and a huge count made
+  OpenMP crash (``run-real --threads 100000`` ended in a segmentation fault).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 from collections.abc import Sequence
 
-__all__ = ["MAX_PROMPT_CHARS", "MAX_IMAGES", "MAX_PROMPT_FILE_BYTES", "check_prompt_texts", "check_image_count"]
+__all__ = [
+    "MAX_PROMPT_CHARS", "MAX_IMAGES", "MAX_PROMPT_FILE_BYTES", "check_prompt_texts", "check_image_count",
+    "max_threads", "thread_count",
+]
 
 MAX_PROMPT_CHARS = 10_000  # ~8x what survives the released model's 300-token cut
 MAX_IMAGES = 256  # images in one batch
@@ -45,3 +53,21 @@ def check_image_count(num_prompts: int, num_images_per_prompt: int) -> int:
             f"{num_prompts} prompt(s) x {num_images_per_prompt} image(s) = {total:,} images, more than "
             f"{MAX_IMAGES} in one run: ask for fewer")
     return total
+
+
+def max_threads() -> int:
+    """The most torch intra-op threads a command accepts: this machine's logical CPUs."""
+    return os.cpu_count() or 1
+
+
+def thread_count(text: str) -> int:
+    """argparse ``type=`` for ``--threads``: an integer in [1, :func:`max_threads`], else one
+    argparse error line (exit status 2) before anything is loaded."""
+    try:
+        threads = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= threads <= max_threads():
+        raise argparse.ArgumentTypeError(
+            f"{threads} threads: use 1 to {max_threads()} (this machine's logical CPUs)")
+    return threads

@@ -207,6 +207,7 @@ DEFAULT_PROMPT = "An astronaut riding a horse on the moon, oil painting by Van G
 
 def add_parser(sub) -> None:
     from hart_edu.cpu_dtype import add_cpu_arguments
+    from hart_edu.limits import max_threads, thread_count
 
     p = sub.add_parser(
         "run-real",
@@ -221,7 +222,8 @@ def add_parser(sub) -> None:
                    help="1024px: the released model (manifest hypothesis depth 16 + adaLN; default); "
                         "1024px-depth24: the other hypothesis; tiny: a test-sized model")
     add_cpu_arguments(p)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help=f"torch intra-op threads, 1 to {max_threads()} (this machine's logical CPUs; default: torch's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=True,
@@ -240,9 +242,7 @@ def run(args: argparse.Namespace) -> int:
     from hart_edu.memory import DEFAULT_MMAP_THRESHOLD, map_large_blocks
     from hart_edu.quantize import is_int8_layer, weight_bytes
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads} must be >= 1")
+    if args.threads is not None:  # in [1, max_threads()]: hart_edu.limits.thread_count checked it
         torch.set_num_threads(args.threads)
     machine = machine_info()  # before the run: its load average is the other jobs' load
     features = cpu_features()

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from hart_edu import cli
-from hart_edu.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES
+from hart_edu.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, max_threads
 from test_sampler import build_tiny_tree
 
 
@@ -128,6 +128,18 @@ def test_absurd_numbers(pristine, tmp_path, capsys, extra, fragment):
         return
     assert_one_clear_line(code, err, fragment)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("threads", ["100000", "0", "-1", str(max_threads() + 1)])
+def test_run_real_threads_are_capped_at_the_cpus(tmp_path, capsys, threads):
+    """``run-real --threads 100000`` made OpenMP crash (exit 139): refused by the parser now."""
+    out = tmp_path / "r.json"
+    code, err = run_cli(["run-real", "--random-weights", "--size", "tiny", "--threads", threads,
+                         "--json", str(out)], capsys)
+    assert_one_clear_line(code, err, f"use 1 to {max_threads()}")
+    assert not out.exists()
+    assert f"1 to {max_threads()}" in " ".join(cli.build_parser()._subparsers._group_actions[0]
+                                               .choices["run-real"].format_help().split())
 
 
 # -------------------------------------------------------------------------------- checkpoints
