@@ -21,6 +21,7 @@ line) that names the policy and the score; nothing is generated for anyone.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import torch
 
 __all__ = [
     "SAFETY_POLICY", "SafetyChecker", "SafetyVerdict", "UnsafePromptError", "add_safety_arguments", "check_threshold",
-    "shieldgemma_prompt",
+    "shieldgemma_prompt", "threshold_argument",
 ]
 
 # HART's policy (hart/utils/safety_check.py): one principle, in ShieldGemma's wording style.
@@ -65,8 +66,18 @@ def add_safety_arguments(parser) -> None:
     and ``hart-edu app``)."""
     parser.add_argument("--safety-checker", type=Path, default=None, metavar="PATH",
                         help="refuse prompts that a local ShieldGemma (e.g. google/shieldgemma-2b) flags (default: off)")
-    parser.add_argument("--safety-threshold", type=float, default=0.5,
-                        help="refuse when P(violation) exceeds this, in [0, 1) (default: 0.5, as official)")
+    parser.add_argument("--safety-threshold", type=threshold_argument, default=DEFAULT_THRESHOLD,
+                        help="refuse when P(violation) exceeds this, in [0, 1) (default: 0.5, as official); "
+                             "checked even without --safety-checker")
+
+
+def threshold_argument(text: str) -> float:
+    """argparse ``type=`` for ``--safety-threshold``: :func:`check_threshold` at parse time, so
+    1.5 or nan is one argparse error line (exit status 2) with or without ``--safety-checker``."""
+    try:
+        return check_threshold(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def check_threshold(threshold: float) -> float:

@@ -142,6 +142,24 @@ def test_run_real_threads_are_capped_at_the_cpus(tmp_path, capsys, threads):
                                                .choices["run-real"].format_help().split())
 
 
+@pytest.mark.parametrize("threshold", ["1.5", "nan", "inf", "-0.1", "1", "abc"])
+@pytest.mark.parametrize("with_checker", [False, True])
+@pytest.mark.parametrize("command", ["generate", "app"])
+def test_safety_threshold_outside_0_1_is_refused(pristine, tmp_path, capsys, app_must_not_serve,
+                                                 threshold, with_checker, command):
+    """Checked when the command line is read, also without --safety-checker (it was ignored)."""
+    out = tmp_path / "out"
+    extra = ["--safety-threshold", threshold]
+    if with_checker:
+        extra += ["--safety-checker", str(tmp_path / "no-such-checker")]
+    argv = (generate(pristine, out, "--prompt", "w1", *extra) if command == "generate"
+            else ["app", "--weights", str(pristine), *extra])
+    code, err = run_cli(argv, capsys)
+    assert_one_clear_line(code, err, "--safety-threshold")
+    assert "[0, 1)" in err or "float" in err, err
+    assert not out.exists()
+
+
 # -------------------------------------------------------------------------------- checkpoints
 
 
