@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the tiny HART draws held-out captions (a grid, time per image)")
-    demo.add_argument("--out", default="demo.png", help="PNG to write (default: demo.png)")
+    demo.add_argument("--out", default="demo.png", help="the PNG file to write, in an existing folder; a folder or a name "
+                      "without .png is refused (default: demo.png)")
     demo.add_argument("--weights", default=None,
                       help="a HART tree (default: weights/tiny); with --tokenizer, a tokenizer/ folder")
     demo.add_argument("--n", type=int, default=12, help="number of captions (default: 12)")

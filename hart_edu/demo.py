@@ -58,13 +58,28 @@ def reconstruction_figure(tok: HybridTokenizer, img_B3HW: torch.Tensor, labels: 
     return psnr_d, psnr_h
 
 
+def check_png_out(out: str | Path) -> Path:
+    """The demo's ``--out``: a ``.png`` file name in an existing folder, checked before any
+    model loads. A folder or a name without ``.png`` is refused (matplotlib would have written
+    ``NAME.png`` beside what was printed)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder: give the PNG file to write, e.g. {path / 'demo.png'}")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out {path} does not end in .png: the demo writes one PNG image, e.g. {path}.png")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {path}: folder {path.parent} does not exist: create it first")
+    return path
+
+
 def tokenizer_main(out: str | Path = "demo.png", weights: str | Path | None = None, n_scenes: int = 3) -> int:
+    out = check_png_out(out)
     tok = HybridTokenizer.from_pretrained(weights or tiny_weights("tokenizer"))
     size = tok.config.image_size
     scenes = SceneDataset("heldout", size=size, length=n_scenes, seed=7)
     imgs = [load_image(photo_path(), size)] + [scenes[i].image_3HW for i in range(n_scenes)]
     labels = ["photo (never seen)"] + [f"held-out scene {i}" for i in range(n_scenes)]
-    psnr_d, psnr_h = reconstruction_figure(tok, torch.stack(imgs), labels, Path(out))
+    psnr_d, psnr_h = reconstruction_figure(tok, torch.stack(imgs), labels, out)
     for label, d, h in zip(labels, psnr_d, psnr_h):
         print(f"{label:<22} PSNR discrete-only {d:5.2f} dB   hybrid {h:5.2f} dB   (+{h - d:.2f} dB)")
     print(f"wrote {out}")
@@ -90,6 +105,7 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
     from hart_edu.eval import DEFAULT_CFG, pipeline_generator, save_grid
     from hart_edu.sampler import HARTPipeline
 
+    out = check_png_out(out)
     if n < 1:
         raise ValueError(f"the demo needs at least one image, got n={n}")
     pipe = HARTPipeline.from_pretrained(weights if weights is not None else TINY_WEIGHTS)
@@ -104,7 +120,7 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
         seconds.append(time.perf_counter() - t0)
     images_B3HW = torch.cat(images)
     correct = [check_image(img, scene).correct for img, scene in zip(images_B3HW, scenes)]
-    save_grid(images_B3HW, scenes, Path(out), count=n, columns=min(n, 6))
+    save_grid(images_B3HW, scenes, out, count=n, columns=min(n, 6))
     for scene, ok, t in zip(scenes, correct, seconds):
         print(f"{'ok  ' if ok else 'MISS'} {t:5.3f} s  {scene.caption}")
     median = sorted(seconds)[len(seconds) // 2]

@@ -160,6 +160,23 @@ def test_safety_threshold_outside_0_1_is_refused(pristine, tmp_path, capsys, app
     assert not out.exists()
 
 
+@pytest.mark.parametrize("tokenizer", [False, True])
+@pytest.mark.parametrize("case, fragment", [
+    ("a folder", "is a folder"), ("no suffix", "does not end in .png"), ("jpg", "does not end in .png"),
+    ("missing folder", "does not exist"),
+])
+def test_demo_out_is_the_png_it_writes(tmp_path, capsys, tokenizer, case, fragment):
+    """``demo --out DIR`` printed "wrote DIR" and wrote ``DIR.png``: refused before any model loads."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    out = {"a folder": folder, "no suffix": tmp_path / "grid", "jpg": tmp_path / "grid.jpg",
+           "missing folder": tmp_path / "nope" / "demo.png"}[case]
+    before = sorted(tmp_path.rglob("*"))
+    code, err = run_cli(["demo", "--out", str(out), *(["--tokenizer"] if tokenizer else [])], capsys)
+    assert_one_clear_line(code, err, fragment)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 # -------------------------------------------------------------------------------- checkpoints
 
 
