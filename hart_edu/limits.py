@@ -4,7 +4,7 @@
 cfg in [0, 50], top-p in (0, 1], ...); this module adds the bounds a command line or a web
 form needs on top, so that absurd input is refused in one line before a model is loaded:
 
-* a prompt must hold some text (an empty or blank prompt is refused);
+* a prompt must hold some text (an empty or blank prompt is refused) and be valid UTF-8;
 * prompt length: the text encoder reads at most ``max_length`` tokens (the transformer's
   ``context_token``: 300 for the released model, 20 for the tiny one). A longer prompt is
   *cut* to its first ``max_length`` tokens, as the official code does, and a warning says
@@ -34,8 +34,19 @@ MAX_PROMPT_FILE_BYTES = 1 << 20  # 1 MiB
 
 
 def check_prompt_texts(prompts: Sequence[str]) -> list[str]:
-    """Raise a ValueError naming the first empty, blank or over-long prompt."""
+    """Raise a ValueError naming the first empty, blank, over-long or not-UTF-8 prompt.
+
+    Not UTF-8: a command-line argument whose bytes are not UTF-8 reaches Python with each bad
+    byte as a lone surrogate (``surrogateescape``, e.g. byte 0xE9 as U+DCE9); the tokenizer
+    would fail on it only after the models have loaded."""
     for i, prompt in enumerate(prompts):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad = prompt[err.start]
+            byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+            raise ValueError(f"prompt {i} is not valid UTF-8 text ({byte} at character {err.start}): "
+                             f"write it in UTF-8 (check the terminal's encoding)") from None
         if not prompt.strip():
             raise ValueError(f"prompt {i} is empty: describe the image to generate")
         if len(prompt) > MAX_PROMPT_CHARS:

@@ -242,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
     from hart_edu.memory import DEFAULT_MMAP_THRESHOLD, map_large_blocks
     from hart_edu.quantize import is_int8_layer, weight_bytes
 
+    from hart_edu.limits import check_prompt_texts
+
+    check_prompt_texts([args.prompt])  # before any model is built
     if args.threads is not None:  # in [1, max_threads()]: hart_edu.limits.thread_count checked it
         torch.set_num_threads(args.threads)
     machine = machine_info()  # before the run: its load average is the other jobs' load

@@ -14,6 +14,7 @@ checksum, so only damage to their header or length can be detected there.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -82,6 +83,28 @@ def test_empty_and_absurdly_long_prompts_are_refused(pristine, tmp_path, capsys,
     out = tmp_path / "out"
     code, err = run_cli(generate(pristine, out, "--prompt", "w1", "--prompt", prompt), capsys)
     assert_one_clear_line(code, err, fragment.replace("prompt 0", "prompt 1"))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "run-real"])
+def test_a_prompt_that_is_not_utf8_is_refused_before_any_model_loads(pristine, tmp_path, capsys, monkeypatch, command):
+    """Bytes that are not UTF-8 on the command line arrive as lone surrogates (surrogateescape,
+    as ``os.fsdecode`` makes them); the tokenizer failed on them with a TypeError after loading."""
+    import hart_edu.profile
+    import hart_edu.sampler
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded for a prompt that is not UTF-8")
+
+    monkeypatch.setattr(hart_edu.sampler.HARTPipeline, "from_pretrained", no_model)
+    monkeypatch.setattr(hart_edu.profile, "random_release_pipeline", no_model)
+    prompt = "w1 " + os.fsdecode(b"caf\xe9")  # what sys.argv holds for these bytes
+    assert "\udce9" in prompt
+    out = tmp_path / "out"
+    argv = (generate(pristine, out, "--prompt", prompt) if command == "generate"
+            else ["run-real", "--random-weights", "--size", "tiny", "--prompt", prompt])
+    code, err = run_cli(argv, capsys)
+    assert_one_clear_line(code, err, "prompt 0 is not valid UTF-8 text (byte 0xe9 at character 6)")
     assert not out.exists()
 
 
