@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,6 +124,13 @@ def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as err:
+        if not str(err).startswith("Weights only load failed"):
+            raise CheckpointError(f"cannot read weights from {path}: {err}") from err
+        raise CheckpointError(
+            f"{path} is not a plain tensor file and will not be loaded (its pickle holds more than tensors, "
+            f"which could run code; torch's weights_only loader stopped at: {_refusal_reason(str(err))}): "
+            f"use a .safetensors file, or a dict of tensors saved with torch.save") from None
     except Exception as err:  # the loaders raise many types; all mean "unusable file"
         raise CheckpointError(f"cannot read weights from {path}: {err}") from err
     if not isinstance(state, Mapping) or not all(
@@ -129,6 +138,14 @@ def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     ):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
     return dict(state)
+
+
+def _refusal_reason(message: str) -> str:
+    """The part of torch's ~1,000-character weights_only refusal that says what it met (an
+    ``Unsupported global: ...`` or ``Unsupported operand ...``), without its colour codes."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", message)
+    return found.group(1).split(" was not an allowed global")[0].strip() if found else "its content"
 
 
 def _check_zip_checksums(path: Path) -> None:
