@@ -13,6 +13,7 @@ that are renamed only once all of them are complete.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -45,7 +46,8 @@ def add_generate_parser(sub) -> None:
     gen.add_argument("--weights", type=Path, default=None,
                      help="a HART tree with tokenizer/ and llm/ (default: the repository's weights/tiny)")
     gen.add_argument("--text-encoder", type=Path, default=None,
-                     help="the text encoder folder (default: WEIGHTS/text_encoder)")
+                     help="the text encoder folder (default: WEIGHTS/text_encoder/, else the pip package "
+                          "that WEIGHTS/text_encoder.json names, as weights/tiny does)")
     gen.add_argument("--text-tokenizer", type=Path, default=None,
                      help="its tokenizer files (default: WEIGHTS/text_tokenizer if present, else the text encoder folder)")
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
@@ -58,7 +60,8 @@ def add_generate_parser(sub) -> None:
     gen.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
                      help="add the diffusion head's continuous residual (default: on)")
     gen.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                     help="use llm/ema_model.bin (default: on)")
+                     help="use the EMA weights, llm/ema_model.safetensors or llm/ema_model.bin; --no-ema: "
+                          "llm/model.safetensors or llm/pytorch_model.bin (default: on)")
     gen.add_argument("--system-prompt", action=argparse.BooleanOptionalAction, default=None,
                      help="prefix the official system prompt to every prompt (default: the weights tree's "
                           "choice: on for the released model, off for weights/tiny)")
@@ -69,7 +72,7 @@ def add_generate_parser(sub) -> None:
     gen.add_argument("--grid", action=argparse.BooleanOptionalAction, default=False,
                      help="one sample_images.png grid instead of one PNG per image (default: off)")
     gen.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                     help="show a progress bar over the scales (default: on)")
+                     help="show progress bars (loading the weights, then the scales; default: on)")
     gen.add_argument("--backend", choices=("reference", "triton"), default="reference",
                      help="kernel backend: PyTorch reference or the fused Triton kernels (a CUDA device, or "
                           "TRITON_INTERPRET=1 to run them slowly on the CPU; default: reference)")
@@ -217,11 +220,12 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, d
         raise ValueError(f"--backend triton cannot run here: {triton_status().reason}")
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the environment's setting wins
         map_large_blocks()  # process-wide, for the rest of the process: generate is a program's entry point
-    pipe = HARTPipeline.from_pretrained(
-        weights, text_encoder=args.text_encoder, ema=args.ema, text_tokenizer=args.text_tokenizer,
-        system_prompt={None: TREE_DEFAULT, True: HART_SYSTEM_PROMPT, False: None}[args.system_prompt],
-        backend=args.backend, dtype=dtype, release_text_encoder=True,
-    )
+    with transformers_progress_bars(args.progress):  # its "Loading weights" bar obeys --no-progress too
+        pipe = HARTPipeline.from_pretrained(
+            weights, text_encoder=args.text_encoder, ema=args.ema, text_tokenizer=args.text_tokenizer,
+            system_prompt={None: TREE_DEFAULT, True: HART_SYSTEM_PROMPT, False: None}[args.system_prompt],
+            backend=args.backend, dtype=dtype, release_text_encoder=True,
+        )
     if args.quantize == "int8":
         quantize_pipeline_int8_(pipe.text_encoder.model, pipe.transformer)
     out = pipe(
@@ -239,6 +243,22 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, d
         image.save(buffer, format="PNG")
         pngs[name] = buffer.getvalue()
     return pngs
+
+
+@contextlib.contextmanager
+def transformers_progress_bars(enabled: bool):
+    """transformers' (and huggingface_hub's) tqdm bars on or off for the block; their
+    process-wide setting is put back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if enabled != was_enabled:
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        if enabled != was_enabled:
+            (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
 
 
 def write_all_or_nothing(folder: Path, files: dict[str, bytes]) -> list[Path]:

@@ -199,3 +199,52 @@ def test_writing_is_all_or_nothing(tmp_path):
     assert list(existing.iterdir()) == []
     written = cli.write_all_or_nothing(existing, {"a.png": b"1", "b.png": b"2"})
     assert [p.name for p in written] == ["a.png", "b.png"] and sorted(p.name for p in existing.iterdir()) == ["a.png", "b.png"]
+
+
+# ------------------------------------------------------------------------------- the help
+
+
+def _generate_parser():
+    return cli.build_parser()._subparsers._group_actions[0].choices["generate"]
+
+
+def test_generate_help_states_the_parsers_real_defaults():
+    """Every "(default: X)" in ``generate --help`` is what the parser really gives: on/off for
+    the switches, the value itself otherwise (options whose default is None explain theirs)."""
+    import re
+
+    checked = 0
+    for action in _generate_parser()._actions:
+        if action.help is None or action.default is None or action.default == "==SUPPRESS==":
+            continue
+        stated = re.findall(r"default: ([^;,)]+)", " ".join(action.help.split()))
+        assert stated, f"{action.option_strings} does not state its default"
+        real = ("on" if action.default else "off") if isinstance(action.default, bool) else str(action.default)
+        assert stated[-1].strip() == real, (action.option_strings, stated[-1], real)
+        checked += 1
+    assert checked >= 12
+
+
+def test_generate_help_names_the_files_ema_and_text_encoder_really_read():
+    from hart_edu.checkpoint import EMA_WEIGHT_FILES, WEIGHT_FILES
+    from hart_edu.text_encoder import TEXT_ENCODER_POINTER
+
+    helps = {a.dest: " ".join(a.help.split()) for a in _generate_parser()._actions if a.help}
+    for name in EMA_WEIGHT_FILES + WEIGHT_FILES:
+        assert f"llm/{name}" in helps["ema"], helps["ema"]
+    assert "WEIGHTS/text_encoder/" in helps["text_encoder"]
+    assert f"WEIGHTS/{TEXT_ENCODER_POINTER}" in helps["text_encoder"], helps["text_encoder"]
+
+
+def test_no_progress_also_hides_the_loading_bar(tree, tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    capsys.readouterr()
+    assert run(generate_argv(tree, tmp_path / "quiet")) == 0  # --no-progress
+    quiet = capsys.readouterr().err
+    assert "Loading weights" not in quiet and "it/s" not in quiet, quiet
+    assert run(generate_argv(tree, tmp_path / "loud", "--progress")) == 0
+    loud = capsys.readouterr().err
+    assert "Loading weights" in loud or not before, loud  # the bar the option must hide (a control)
+    assert hf_logging.is_progress_bar_enabled() == before  # the process-wide setting is put back
