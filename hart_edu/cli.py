@@ -165,16 +165,14 @@ def generate_main(args: argparse.Namespace) -> int:
     weights = args.weights if args.weights is not None else TINY_WEIGHTS
     no_quirks = OfficialQuirks(**{f.name: False for f in dataclasses.fields(OfficialQuirks)})
     quirks = OFFICIAL if args.official_quirks else no_quirks
-    from hart_edu.cpu_dtype import choose_cpu_dtype
+    from hart_edu.cpu_dtype import choose_cpu_dtype, print_choice
 
     dtype = choose_cpu_dtype(args.dtype, quantize=args.quantize)  # bfloat16 with int8: refused here
     if args.safety_checker is not None:  # refuse before the HART models load
         from hart_edu.safety import SafetyChecker
 
         SafetyChecker.from_pretrained(args.safety_checker, args.safety_threshold).require_safe(request.prompts)
-    print(f"hart-edu generate: {dtype.line()}", file=sys.stderr)
-    if dtype.warning:
-        print(f"hart-edu generate: warning: {dtype.warning}", file=sys.stderr)
+    print_choice("hart-edu generate", dtype)
 
     # 2. Load and generate; warnings (e.g. a truncated prompt) become one line each.
     caught: list[warnings.WarningMessage] = []
@@ -209,7 +207,7 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, d
     quantized right after loading."""
     import io
 
-    from hart_edu.memory import map_large_blocks
+    from hart_edu.memory import map_large_blocks_unless_set
     from hart_edu.quantize import quantize_pipeline_int8_
 
     from hart_edu.kernels.backend import triton_status
@@ -218,8 +216,7 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, d
 
     if args.backend == "triton" and not triton_status().available:  # before the models load
         raise ValueError(f"--backend triton cannot run here: {triton_status().reason}")
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the environment's setting wins
-        map_large_blocks()  # process-wide, for the rest of the process: generate is a program's entry point
+    map_large_blocks_unless_set()  # process-wide, for the rest of the process: generate is a program's entry point
     with transformers_progress_bars(args.progress):  # its "Loading weights" bar obeys --no-progress too
         pipe = HARTPipeline.from_pretrained(
             weights, text_encoder=args.text_encoder, ema=args.ema, text_tokenizer=args.text_tokenizer,

@@ -43,6 +43,7 @@ __all__ = [
     "cpu_features",
     "choose_cpu_dtype",
     "add_cpu_arguments",
+    "print_choice",
 ]
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -223,3 +224,12 @@ def add_cpu_arguments(parser) -> None:
                         help="int8: the text encoder's and the transformer's linear layers in int8, float32 "
                              "activations (less memory, faster on a CPU, slightly different images; see "
                              "hart_edu.quantize; default: none)")
+
+
+def print_choice(program: str, choice: DtypeChoice) -> None:
+    """A command's one line on stderr saying the dtype and why, and its warning if slow here."""
+    import sys
+
+    print(f"{program}: {choice.line()}", file=sys.stderr)
+    if choice.warning:
+        print(f"{program}: warning: {choice.warning}", file=sys.stderr)

@@ -28,6 +28,8 @@ Both work on glibc only (Linux); elsewhere they return False and change nothing.
 
 from __future__ import annotations
 
+import os
+
 import ctypes
 import functools
 
@@ -69,3 +71,9 @@ def map_large_blocks(threshold_bytes: int = DEFAULT_MMAP_THRESHOLD) -> bool:
         raise ValueError(f"threshold_bytes={threshold_bytes!r} must be an int in (0, 32 MiB] (glibc's maximum)")
     libc = _glibc()
     return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes) == 1
+
+
+def map_large_blocks_unless_set() -> bool:
+    """:func:`map_large_blocks` at its default threshold, unless ``MALLOC_MMAP_THRESHOLD_`` is set
+    (the environment's setting wins). For the entry points of ``generate`` and ``run-real``."""
+    return "MALLOC_MMAP_THRESHOLD_" not in os.environ and map_large_blocks()

@@ -237,9 +237,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hart_edu.cpu_dtype import choose_cpu_dtype, cpu_features
+    from hart_edu.cpu_dtype import choose_cpu_dtype, cpu_features, print_choice
     from hart_edu.cpu_records import comparison_line
-    from hart_edu.memory import DEFAULT_MMAP_THRESHOLD, map_large_blocks
+    from hart_edu.memory import DEFAULT_MMAP_THRESHOLD, map_large_blocks_unless_set
     from hart_edu.quantize import is_int8_layer, weight_bytes
 
     from hart_edu.limits import check_prompt_texts
@@ -250,13 +250,10 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_info()  # before the run: its load average is the other jobs' load
     features = cpu_features()
     choice = choose_cpu_dtype(args.dtype, features, quantize=args.quantize)
-    print(f"hart-edu run-real: {choice.line()}", file=sys.stderr)
-    if choice.warning:
-        print(f"hart-edu run-real: warning: {choice.warning}", file=sys.stderr)
+    print_choice("hart-edu run-real", choice)
     dtype = choice.dtype
-    large_blocks_mapped = False  # mallopt is process-wide and stays: run-real is a program's entry point
-    if args.low_memory and "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the environment's setting wins
-        large_blocks_mapped = map_large_blocks()
+    # mallopt is process-wide and stays: run-real is a program's entry point
+    large_blocks_mapped = args.low_memory and map_large_blocks_unless_set()
     t0 = time.perf_counter()
     from hart_edu.profile import random_release_pipeline
 
