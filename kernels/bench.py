@@ -131,7 +131,8 @@ def liger_functions() -> tuple[dict[str, Callable] | None, str]:
 def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, generator: torch.Generator,
                compile_reference: Callable[[Callable], Callable] | None = None,
                liger: dict[str, Callable] | None = None, liger_missing: str = "not installed") -> list[Case]:
-    """The benchmark cases at ``sizes`` (inputs drawn with ``generator`` on ``device``).
+    """The benchmark cases at ``sizes``: inputs drawn on the CPU with ``generator`` (a CPU
+    generator: the same numbers whatever the device), then moved to ``device``.
 
     ``compile_reference`` (e.g. ``torch.compile``) wraps each reference function; None: eager.
     ``liger``: :func:`liger_functions`' table (None: every Liger entry says ``liger_missing``)."""
@@ -213,7 +214,7 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
     # read the logits and the noise once, write the filtered logits (more_smooth) and the codes
     l = sizes.last_stage_tokens
     logits = randn(B, l, V, dt=torch.float32)  # B = 2: one prompt's conditional and unconditional rows
-    noise = multinomial_noise((B // 2, l, V), torch.float32, device, generator)
+    noise = multinomial_noise((B // 2, l, V), torch.float32, torch.device("cpu"), generator).to(device)
     cases.append(Case(f"cfg_sample top-k 300 multinomial (last stage, l={l}, V={V})",
                       lambda: wrap(cfg_sample_reference)(logits, 4.5, 300, 0.0, noise, keep_filtered=True),
                       lambda: cfg_sample_triton(logits, 4.5, 300, 0.0, noise, keep_filtered=True),

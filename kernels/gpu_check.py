@@ -9,7 +9,7 @@ H100 / H200; ``--budget`` seconds in all):
 1. ``pytest tests/kernels``: the kernels' equivalence tests, compiled for the GPU (the tests
    set ``TRITON_INTERPRET=1`` only when there is no CUDA device; here it is removed from the
    environment), without the CPU-side ones (:data:`CPU_SIDE_TESTS`, run by ``make test``);
-2. ``python -m hart_edu.parity tests/golden --backend triton``: the golden parity with the
+2. ``python -m hart_edu.parity tests/golden --backend triton --device cuda``: the golden parity with the
    Triton kernels;
 3. ``python -m hart_edu.kernels.bench --json``: every kernel beside eager, torch.compile, Liger;
 4. ``hart-edu profile --size 1024px --batch-sizes 1,8``: latency at batch 1 and throughput at
@@ -73,7 +73,8 @@ def plan(out: Path, gpu: str, python: str = sys.executable) -> list[Step]:
              [python, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider",
               *(f"--ignore=tests/kernels/{name}" for name in CPU_SIDE_TESTS),
               f"--junitxml={out / f'kernel-tests-{g}.xml'}"], 210, [str(out / f"kernel-tests-{g}.xml")]),
-        Step("golden parity, Triton backend", [python, "-m", "hart_edu.parity", "tests/golden", "--backend", "triton"],
+        Step("golden parity, Triton backend",
+             [python, "-m", "hart_edu.parity", "tests/golden", "--backend", "triton", "--device", "cuda"],
              90, [str(out / f"parity-triton-{g}.txt")]),
         Step("kernel benchmark", [python, "-m", "hart_edu.kernels.bench", "--json", str(out / f"bench-{g}.json")],
              150, [str(out / f"bench-{g}.json"), str(out / f"bench-{g}.txt")]),

@@ -17,11 +17,14 @@ Run ``python -m hart_edu.parity DIR``; the last line is always
 tensor matches. ``--backend triton`` runs every producer inside
 ``hart_edu.kernels.backend.use_backend("triton")`` (same tolerances); where Triton cannot run
 it stops with the reason instead of using the reference. On a CPU set ``TRITON_INTERPRET=1``
-in the environment to run the kernels in Triton's interpreter.
+in the environment to run the kernels in Triton's interpreter; on a GPU pass ``--device cuda``
+(every model and fed-in tensor is moved there; TF32 is switched off for the run, so float32
+products stay float32 and the same tolerances apply).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -58,10 +61,11 @@ class Golden:
     tensors: dict[str, torch.Tensor]
     specs: dict[str, dict[str, Any]]
     info: dict[str, Any]
+    device: torch.device = torch.device("cpu")  # where producers put models and fed-in tensors
     inputs_used: set[str] = field(default_factory=set)
 
     @classmethod
-    def load(cls, root: str | Path) -> "Golden":
+    def load(cls, root: str | Path, device: torch.device | str = "cpu") -> "Golden":
         from safetensors.torch import load_file
 
         root = Path(root)
@@ -71,16 +75,17 @@ class Golden:
                 raise FileNotFoundError(f"golden fixture file not found: {path}")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         tensors = load_file(str(data_path))
-        return cls(root=root, tensors=tensors, specs=meta["tensors"], info=meta.get("info", {}))
+        return cls(root=root, tensors=tensors, specs=meta["tensors"], info=meta.get("info", {}),
+                   device=torch.device(device))
 
     def official(self, folder: str) -> Path:
         """Path of a checkpoint folder under ``tiny-official/`` (``tokenizer``, ``llm``, ...)."""
         return self.root / "tiny-official" / folder
 
     def input(self, name: str) -> torch.Tensor:
-        """A golden tensor fed to hart_edu as an input (counts as matched once used)."""
+        """A golden tensor fed to hart_edu as an input, on :attr:`device` (counts as matched once used)."""
         self.inputs_used.add(name)
-        return self.tensors[name].clone()
+        return self.tensors[name].to(self.device, copy=True)
 
     def names(self, prefix: str) -> list[str]:
         """Golden names starting with ``prefix``, in the fixture's order."""
@@ -116,7 +121,7 @@ def compare(name: str, golden: torch.Tensor, ours: torch.Tensor) -> Check:
     if tuple(ours.shape) != tuple(golden.shape):
         return Check(name, "MISMATCH", None, kind, f"shape {tuple(ours.shape)} != {tuple(golden.shape)}")
     if kind == "exact":
-        wrong = int((ours.to(golden.dtype) != golden).sum())
+        wrong = int((ours.detach().cpu().to(golden.dtype) != golden).sum())
         return Check(name, "match" if wrong == 0 else "MISMATCH", float(wrong), "exact", f"{wrong} differ")
     diff = (ours.detach().double().cpu() - golden.double()).abs()
     if kind == "rel":
@@ -132,18 +137,20 @@ def _load_producer(spec: str) -> Callable[[Golden], dict[str, torch.Tensor]]:
 
 
 def run_parity(
-    root: str | Path, producers: Iterable[tuple[str, str]] | None = None, backend: str = "reference"
+    root: str | Path, producers: Iterable[tuple[str, str]] | None = None, backend: str = "reference",
+    device: torch.device | str = "cpu",
 ) -> tuple[list[Check], list[str]]:
-    """Run every producer on the fixture at ``root`` with kernel backend ``backend``.
+    """Run every producer on the fixture at ``root`` with kernel backend ``backend``, its models
+    and inputs on ``device`` (on CUDA with TF32 off for the run: float32 means float32).
 
     Returns one :class:`Check` per golden tensor (fixture order) and a list of producer
     errors (a producer that raised leaves its tensors "not covered" and is reported).
     Raises ``RuntimeError`` (with the reason) when ``backend="triton"`` cannot run here.
     """
-    golden = Golden.load(root)
+    golden = Golden.load(root, device)
     computed: dict[str, torch.Tensor] = {}
     errors: list[str] = []
-    with use_backend(backend):
+    with use_backend(backend), _full_float32(golden.device):
         _run_producers(golden, PRODUCERS if producers is None else producers, computed, errors)
 
     checks = []
@@ -155,6 +162,21 @@ def run_parity(
         else:
             checks.append(Check(name, "not covered"))
     return checks, errors
+
+
+@contextlib.contextmanager
+def _full_float32(device: torch.device):
+    """On CUDA, switch TF32 off for matrix products and convolutions (cuDNN allows it by
+    default), restoring the settings afterwards; elsewhere nothing to do."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _run_producers(golden: Golden, producers: Iterable[tuple[str, str]], computed: dict[str, torch.Tensor],

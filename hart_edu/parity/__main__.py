@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from hart_edu.kernels.backend import BACKENDS
 from hart_edu.parity import format_table, run_parity, summary_line
 
@@ -22,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=BACKENDS, default="reference",
                         help="kernel backend the producers run with (default: reference); 'triton' "
                              "needs a CUDA device or TRITON_INTERPRET=1 in the environment")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for the models and inputs (default: cpu); with "
+                             "--backend triton on a GPU: cuda")
     args = parser.parse_args(argv)
     if (args.golden_dir is None) == (args.manifest is None):
         parser.error("give either a golden folder or --manifest FILE")
@@ -38,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(r.ok for r in results) else 1
 
     try:
-        checks, errors = run_parity(args.golden_dir, backend=args.backend)
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"--device {args.device}: no CUDA device is available here")
+        checks, errors = run_parity(args.golden_dir, backend=args.backend, device=args.device)
     except (FileNotFoundError, RuntimeError) as err:  # RuntimeError: the Triton backend cannot run here
         print(f"error: {err}", file=sys.stderr)
         return 2

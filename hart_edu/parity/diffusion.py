@@ -36,7 +36,7 @@ def load_head(golden: Golden) -> ResidualDiffusion:
 
 @torch.no_grad()
 def produce(golden: Golden) -> dict[str, torch.Tensor]:
-    head = load_head(golden)
+    head = load_head(golden).to(golden.device)
     out: dict[str, torch.Tensor] = {}
 
     # Schedules, by the fixture's groups sched.<group>.<array>: "train" the 1000-step training

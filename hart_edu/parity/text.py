@@ -25,7 +25,7 @@ OUTPUTS = {"context_tokens": "tokens_BT", "context_mask": "mask_BT",
 
 
 def produce(golden: Golden) -> dict[str, torch.Tensor]:
-    text_model = load_text_model(golden.official("text_encoder"))
+    text_model = load_text_model(golden.official("text_encoder")).to(golden.device)
     padded_ids_BT = golden.input("text.nosys.context_tokens")
     system_ids_S = golden.input("text.system_ids")
 

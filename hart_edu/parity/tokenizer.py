@@ -29,7 +29,7 @@ def _var_reference_fhat(q: MultiScaleResidualQuantizer, f_BChw: torch.Tensor) ->
 
 @torch.no_grad()
 def produce(golden: Golden) -> dict[str, torch.Tensor]:
-    tok = HybridTokenizer.from_pretrained(golden.official("tokenizer"))
+    tok = HybridTokenizer.from_pretrained(golden.official("tokenizer")).to(golden.device)
     q = tok.quantizer
     img_B3HW = golden.input("tok.input_img")
 

@@ -102,7 +102,7 @@ def produce(golden: Golden) -> dict[str, torch.Tensor]:
         if match:
             runs[match.group("run")].append(name)
 
-    tokenizer = HybridTokenizer.from_pretrained(golden.official("tokenizer"))
+    tokenizer = HybridTokenizer.from_pretrained(golden.official("tokenizer")).to(golden.device)
     models: dict[tuple[str, bool], HARTTransformer] = {}
     out: dict[str, torch.Tensor] = {}
     for run, names in runs.items():
@@ -110,7 +110,7 @@ def produce(golden: Golden) -> dict[str, torch.Tensor]:
         group, who = match.group("group"), match.group("who")
         source = _model_source(group, who)
         if source not in models:
-            models[source] = HARTTransformer.from_pretrained(golden.official(source[0]), ema=source[1])
+            models[source] = HARTTransformer.from_pretrained(golden.official(source[0]), ema=source[1]).to(golden.device)
         settings = _settings(run, [golden.specs[n]["desc"] for n in names])
         if settings.residual != (match.group("final") == "0"):
             raise ValueError(f"{run}: the descriptions quote final_stage={0 if settings.residual else 1}")

@@ -41,11 +41,12 @@ def test_unknown_backend():
             pass
 
 
-def test_dispatch_follows_the_switch(monkeypatch, generator):
+def test_dispatch_follows_the_switch(monkeypatch, generator, device):
     calls = []
     real = rmsnorm_module.rmsnorm_modulate_triton
     monkeypatch.setattr(rmsnorm_module, "rmsnorm_modulate_triton", lambda *a: calls.append(1) or real(*a))
-    x, w, s, b = torch.randn(1, 3, 8, generator=generator), torch.ones(8), torch.zeros(1, 1, 8), torch.zeros(1, 1, 8)
+    x = torch.randn(1, 3, 8, generator=generator).to(device)
+    w, s, b = torch.ones(8, device=device), torch.zeros(1, 1, 8, device=device), torch.zeros(1, 1, 8, device=device)
     rmsnorm_module.rmsnorm_modulate(x, w, s, b, 1e-6)
     assert calls == []
     with use_backend("triton"):

@@ -31,7 +31,7 @@ def test_the_plan_runs_what_the_gpu_rows_need_within_ten_minutes():
     steps = gpu_check.plan(Path("docs/gpu"), "NVIDIA H200", python="python")
     commands = [" ".join(s.command) for s in steps]
     assert "pytest tests/kernels" in commands[0] and "--ignore=tests/kernels/test_compile.py" in commands[0]
-    assert "hart_edu.parity tests/golden --backend triton" in commands[1]
+    assert "hart_edu.parity tests/golden --backend triton --device cuda" in commands[1]
     assert "hart_edu.kernels.bench --json docs/gpu/bench-h200.json" in commands[2]
     assert "profile --size 1024px" in commands[3] and "--batch-sizes 1,8" in commands[3]
     assert sum(s.limit_s for s in steps) <= gpu_check.BUDGET_S == 600
