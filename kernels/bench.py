@@ -153,7 +153,7 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
     for L, what in ((sizes.train_tokens, "train seq"), (sizes.last_stage_tokens, "last stage")):
         x, w, s, b = randn(B, L, C), randn(C), randn(B, 1, C), randn(B, 1, C)
         args = (x, w, s, b, 1e-6)
-        cases.append(Case(f"rmsnorm_modulate fwd ({what}, L={L})", lambda a=args: wrap(rmsnorm_modulate_reference)(*a),
+        cases.append(Case(f"rmsnorm_modulate fwd ({what}, L={L})", lambda a=args, f=wrap(rmsnorm_modulate_reference): f(*a),
                           lambda a=args: rmsnorm_modulate_triton(*a), 2 * x.numel() * esize,
                           liger_note="no fused RMSNorm + adaLN modulation in Liger-Kernel (its RMSNorm "
                                      "has no per-row scale/shift)"))
@@ -170,7 +170,7 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
     qkv = randn(B, L, 3, H, d)
     q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views, as in the attention layer
     pos = (torch.rand(B, L, 2, generator=generator) * sizes.patch_nums[-1]).to(device)
-    cases.append(Case(f"rope 2-D q+k (train seq, L={L})", lambda: wrap(rope_reference)(q, k, pos),
+    cases.append(Case(f"rope 2-D q+k (train seq, L={L})", lambda f=wrap(rope_reference): f(q, k, pos),
                       lambda: rope_triton(q, k, pos), 4 * q.numel() * esize + pos.numel() * 4,
                       liger_note="not the same operation: Liger's RoPE gives dimensions i and i + d/2 one "
                                  "angle, HART's 2-D RoPE gives them different ones"))
@@ -179,13 +179,13 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
     pos_1d = torch.arange(T, device=device).expand(B, T)
     angles_BTd = (pos_1d.float()[..., None] * inv_freq(d, 1).to(device)).repeat(1, 1, 2)  # [p f, p f]
     cos_BTd, sin_BTd = angles_BTd.cos().to(dtype), angles_BTd.sin().to(dtype)
-    cases.append(Case(f"rope 1-D q+k (context, L={T})", lambda: wrap(rope_reference)(qc, kc, pos_1d),
+    cases.append(Case(f"rope 1-D q+k (context, L={T})", lambda f=wrap(rope_reference): f(qc, kc, pos_1d),
                       lambda: rope_triton(qc, kc, pos_1d), 4 * qc.numel() * esize + pos_1d.numel() * 8,
                       **from_liger("rope", lambda f: lambda: f(qc, kc, cos_BTd, sin_BTd))))
 
     # SwiGLU gate of the MLP: read a, b, write y (backward: read g, a, b, write da, db)
     a, bb = randn(B, L, sizes.mlp_hidden), randn(B, L, sizes.mlp_hidden)
-    cases.append(Case(f"swiglu fwd (train seq, L={L})", lambda: wrap(swiglu_reference)(a, bb),
+    cases.append(Case(f"swiglu fwd (train seq, L={L})", lambda f=wrap(swiglu_reference): f(a, bb),
                       lambda: swiglu_triton(a, bb), 3 * a.numel() * esize,
                       **from_liger("swiglu", lambda f: lambda: f(a, bb))))
     ga, gb, gy = randn(B, L, sizes.mlp_hidden, grad=True), randn(B, L, sizes.mlp_hidden, grad=True), randn(B, L, sizes.mlp_hidden)
@@ -197,7 +197,7 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
     Nd, W = B * sizes.last_stage_tokens, sizes.diffusion_width
     xd, wd, bd, sd, td = randn(Nd, W), randn(W), randn(W), randn(Nd, W), randn(Nd, W)
     cases.append(Case(f"layernorm_modulate fwd (diffusion head, N={Nd}, W={W})",
-                      lambda: wrap(layernorm_modulate_reference)(xd, wd, bd, sd, td, 1e-6),
+                      lambda f=wrap(layernorm_modulate_reference): f(xd, wd, bd, sd, td, 1e-6),
                       lambda: layernorm_modulate_triton(xd, wd, bd, sd, td, 1e-6), 4 * xd.numel() * esize,
                       liger_note="no fused LayerNorm + per-row modulation in Liger-Kernel"))
 
@@ -206,7 +206,7 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
     V, Cv = sizes.vocab_size, sizes.vae_channels
     z, e = randn(rows, Cv, dt=torch.float32), randn(V, Cv, dt=torch.float32)
     cases.append(Case(f"nearest_code fp32 (N={rows}, V={V}, C={Cv})",
-                      lambda: wrap(nearest_code_reference)(z, e), lambda: nearest_code_triton(z, e),
+                      lambda f=wrap(nearest_code_reference): f(z, e), lambda: nearest_code_triton(z, e),
                       (z.numel() + e.numel()) * 4 + rows * 8, flops=2 * rows * V * Cv, bound="compute",
                       liger_note="no nearest-code kernel in Liger-Kernel"))
 
@@ -216,7 +216,7 @@ def make_cases(sizes: BenchSizes, device: torch.device, dtype: torch.dtype, gene
     logits = randn(B, l, V, dt=torch.float32)  # B = 2: one prompt's conditional and unconditional rows
     noise = multinomial_noise((B // 2, l, V), torch.float32, torch.device("cpu"), generator).to(device)
     cases.append(Case(f"cfg_sample top-k 300 multinomial (last stage, l={l}, V={V})",
-                      lambda: wrap(cfg_sample_reference)(logits, 4.5, 300, 0.0, noise, keep_filtered=True),
+                      lambda f=wrap(cfg_sample_reference): f(logits, 4.5, 300, 0.0, noise, keep_filtered=True),
                       lambda: cfg_sample_triton(logits, 4.5, 300, 0.0, noise, keep_filtered=True),
                       (logits.numel() + 2 * noise.numel()) * 4 + l * 8,
                       liger_note="no sampling kernel in Liger-Kernel"))

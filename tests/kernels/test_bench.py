@@ -172,3 +172,19 @@ def test_liger_column_says_not_installed_or_runs(device):
         assert {c.liger_note for c in cases if "swiglu" in c.name or "rope 1-D" in c.name} == {why}
     else:  # pragma: no cover - Liger needs a GPU
         assert set(liger) == {"swiglu", "rope"}
+
+
+def test_compile_wraps_each_reference_once_outside_the_timed_call(device):
+    """``compile_reference`` (torch.compile) is applied when the cases are made, once per case: a
+    timed call that compiled again would time torch.compile's own overhead, not the kernel."""
+    wrapped = []
+
+    def counting_compile(fn):
+        wrapped.append(fn)
+        return fn
+
+    cases = bench.make_cases(TINY, device, torch.float32, torch.Generator().manual_seed(0), counting_compile)
+    assert len(wrapped) == len(cases)
+    for case in cases:
+        case.reference()
+    assert len(wrapped) == len(cases)  # calling the references compiled nothing more
