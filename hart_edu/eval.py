@@ -11,9 +11,13 @@ For every held-out caption (compositions never seen in training, see
 border's palette colour is the background, each palette colour's largest blob is a shape,
 its fill and top/bottom balance give its kind, and the two centroids give the relation.
 The accuracy of an attribute is the share of images where it is right (``position``: over
-the two-shape captions only). The run ends with one line::
+the two-shape captions only); ``all`` is the share with every attribute of the caption right,
+size included. The run ends with one line (the mean over ``--seeds``)::
 
-    eval: n=200 background=0.97 shape_color=0.93 shape_kind=0.85 position=0.74
+    eval: n=200 background=0.97 shape_color=0.93 shape_kind=0.85 size=0.95 position=0.74 all=0.66
+
+``--split validation`` scores captions carved from the training split instead (never trained
+on, never the held-out ones): that is where sampling settings are chosen.
 
 Sampling defaults: ``cfg`` = :data:`DEFAULT_CFG` (chosen with ``--sweep``), codes drawn from
 the full guided distribution (the official top-k override keeps all 256 codes), no Gumbel
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from hart_edu.data.scenes import Scene, heldout_scenes, score_images
+from hart_edu.data.scenes import SPLITS, Scene, heldout_scenes, score_images
 from hart_edu.images import to_model_range, to_output_range
 
 __all__ = [
@@ -43,13 +47,15 @@ __all__ = [
     "EvalResult",
     "evaluate",
     "eval_line",
+    "mean_scores",
+    "scores_by_shape_count",
     "pipeline_generator",
     "render_generator",
     "save_grid",
     "main",
 ]
 
-ATTRIBUTES = ("background", "shape_color", "shape_kind", "position")
+ATTRIBUTES = ("background", "shape_color", "shape_kind", "size", "position")
 DEFAULT_CFG = 3.0
 SWEEP_CFGS = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0)
 
@@ -82,10 +88,29 @@ def evaluate(generate: Generator, scenes: Sequence[Scene], batch_size: int = 50)
     return EvalResult(score_images(images_B3HW, scenes), images_B3HW, list(scenes), seconds)
 
 
-def eval_line(result: EvalResult) -> str:
-    """``eval: n=200 background=0.97 shape_color=0.93 shape_kind=0.85 position=0.74``."""
-    values = " ".join(f"{name}={result.scores[name]:.2f}" for name in ATTRIBUTES)
-    return f"eval: n={result.n} {values}"
+def eval_line(result: EvalResult, scores: dict[str, float] | None = None) -> str:
+    """``eval: n=200 background=0.97 shape_color=0.93 shape_kind=0.85 size=0.95 position=0.74 all=0.66``
+    (``scores``: instead of the result's own, e.g. the mean over seeds)."""
+    scores = result.scores if scores is None else scores
+    values = " ".join(f"{name}={scores[name]:.2f}" for name in ATTRIBUTES)
+    return f"eval: n={result.n} {values} all={scores['overall']:.2f}"
+
+
+def mean_scores(results: Sequence[EvalResult]) -> dict[str, float]:
+    """The mean of each score over several runs (e.g. seeds) of the same captions."""
+    if not results:
+        raise ValueError("no results to average")
+    return {k: sum(r.scores[k] for r in results) / len(results) for k in results[0].scores}
+
+
+def scores_by_shape_count(result: EvalResult) -> dict[int, dict[str, float]]:
+    """The scores of the one-shape and of the two-shape captions separately: {1: ..., 2: ...}."""
+    out = {}
+    for count in (1, 2):
+        rows = [i for i, s in enumerate(result.scenes) if len(s.shapes) == count]
+        if rows:
+            out[count] = score_images(result.images_B3HW[rows], [result.scenes[i] for i in rows])
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -184,11 +209,11 @@ def save_sweep(sweep: list[dict], path: Path, key: str = "cfg", xlabel: str = "g
     plt.close(fig)
 
 
-def print_table(result: EvalResult, label: str) -> None:
-    names = ATTRIBUTES + ("size", "overall")
+def print_table(result: EvalResult, label: str, scores: dict[str, float] | None = None) -> None:
+    scores = result.scores if scores is None else scores
     print(f"{label}: {result.n} images in {result.seconds:.1f} s")
-    for name in names:
-        print(f"  {name:<12} {result.scores[name]:.3f}")
+    for name in ATTRIBUTES + ("overall",):
+        print(f"  {name:<12} {scores[name]:.3f}")
 
 
 # --------------------------------------------------------------------------------------
@@ -201,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m hart_edu.eval", description=__doc__.split("\n")[0])
     p.add_argument("--weights", type=Path, default=TINY_WEIGHTS, help="a HART tree (default: weights/tiny)")
-    p.add_argument("--n", type=int, default=200, help="number of held-out captions (default 200)")
+    p.add_argument("--n", type=int, default=200, help="number of captions (default 200)")
+    p.add_argument("--split", choices=("heldout", "validation"), default="heldout",
+                   help="held-out captions (default; the test), or the validation captions carved "
+                        "from training (where sampling settings are chosen)")
     p.add_argument("--cfg", type=float, default=DEFAULT_CFG, help=f"guidance scale (default {DEFAULT_CFG})")
     p.add_argument("--no-residual", action="store_true", help="discrete tokens only (no diffusion head)")
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-smoothed codes (sample.py's default)")
@@ -212,29 +240,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--given-scales", action="store_true",
                    help="also score with the first k scales taken from each scene's own encoding, "
                         "k = 0 .. S-1, and plot it (where is the prompt lost?)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    p.add_argument("--seeds", default="0",
+                   help="seeds of the sampling generator, comma-separated (default 0); the line "
+                        "and eval.json give the mean over them")
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the held-out caption list")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="where the grid, JSON and plots go")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error("--n must be at least 1")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds must be integers separated by commas, got {args.seeds!r}")
 
     from hart_edu.sampler import HARTPipeline
 
     pipe = HARTPipeline.from_pretrained(args.weights)  # finds the tiny tree's text encoder itself
-    scenes = heldout_scenes(args.n, seed=args.scene_seed)
+    scenes = heldout_scenes(args.n, seed=args.scene_seed, split=args.split)
     args.out.mkdir(parents=True, exist_ok=True)
     residual = not args.no_residual
 
-    def run(cfg: float, given_scales: int = 0) -> EvalResult:
-        g = torch.Generator().manual_seed(args.seed)
+    def run(cfg: float, given_scales: int = 0, seed: int = seeds[0]) -> EvalResult:
+        g = torch.Generator().manual_seed(seed)
         gen = pipeline_generator(pipe, cfg, residual, g, more_smooth=args.more_smooth, top_k=args.top_k,
                                  top_p=args.top_p, greedy=args.greedy, given_scales=given_scales)
         with torch.no_grad():
             return evaluate(gen, scenes, args.batch_size)
 
-    report: dict = {"weights": display_path(args.weights), "n": args.n, "residual": residual, "seed": args.seed,
+    report: dict = {"weights": display_path(args.weights), "split": args.split, "n": args.n,
+                    "residual": residual, "seeds": seeds,
                     "more_smooth": args.more_smooth, "top_k": args.top_k, "top_p": args.top_p,
                     "greedy": args.greedy}
     if args.sweep:
@@ -260,14 +295,24 @@ def main(argv: list[str] | None = None) -> int:
         report["given_scales"] = rows
         print(f"wrote {args.out / 'given_scales.png'}")
 
-    label = f"cfg={args.cfg:g}, residual {'on' if residual else 'off'}"
-    print_table(result, label)
+    results = [result] + [run(args.cfg, seed=seed) for seed in seeds[1:]]
+    scores = mean_scores(results)
+    by_count = [scores_by_shape_count(r) for r in results]
+    label = f"cfg={args.cfg:g}, residual {'on' if residual else 'off'}, {len(seeds)} seed(s)"
+    print_table(result, label, scores)
     save_grid(result.images_B3HW, result.scenes, args.out / "samples.png")
-    report.update({"cfg": args.cfg, "scores": result.scores, "seconds": round(result.seconds, 2),
-                   "line": eval_line(result)})
+    report.update({
+        "cfg": args.cfg, "scores": scores, "scores_per_seed": [r.scores for r in results],
+        "one_shape": {"n": sum(len(s.shapes) == 1 for s in scenes),
+                      "scores": {k: sum(b[1][k] for b in by_count) / len(by_count) for k in by_count[0][1]}}
+        if all(1 in b for b in by_count) else None,
+        "two_shape": {"n": sum(len(s.shapes) == 2 for s in scenes),
+                      "scores": {k: sum(b[2][k] for b in by_count) / len(by_count) for k in by_count[0][2]}}
+        if all(2 in b for b in by_count) else None,
+        "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(result, scores)})
     (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
-    print(eval_line(result))
+    print(eval_line(result, scores))
     return 0
 
 

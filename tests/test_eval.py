@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from hart_edu.data.scenes import heldout_scenes, render
-from hart_edu.eval import ATTRIBUTES, EvalResult, eval_line, evaluate, main, render_generator, save_grid
+from hart_edu.eval import (ATTRIBUTES, EvalResult, eval_line, evaluate, main, mean_scores, render_generator,
+                           save_grid, scores_by_shape_count)
 from hart_edu.paths import TINY_WEIGHTS
 
-LINE = re.compile(r"^eval: n=\d+ background=\d\.\d\d shape_color=\d\.\d\d shape_kind=\d\.\d\d position=\d\.\d\d$")
+LINE = re.compile(r"^eval: n=\d+ background=\d\.\d\d shape_color=\d\.\d\d shape_kind=\d\.\d\d size=\d\.\d\d "
+                  r"position=\d\.\d\d all=\d\.\d\d$")
 
 
 def test_perfect_generator_scores_about_one(tmp_path):
@@ -47,9 +49,41 @@ def test_evaluate_checks_the_image_count():
 
 
 def test_eval_line_rounds_to_two_digits():
-    scores = {"background": 0.974, "shape_color": 0.9251, "shape_kind": 1.0, "position": 0.7}
+    scores = {"background": 0.974, "shape_color": 0.9251, "shape_kind": 1.0, "size": 0.891, "position": 0.7,
+              "overall": 0.655}
     result = EvalResult(scores, torch.zeros(0), [None] * 200, 0.0)  # type: ignore[list-item]
-    assert eval_line(result) == "eval: n=200 background=0.97 shape_color=0.93 shape_kind=1.00 position=0.70"
+    assert eval_line(result) == ("eval: n=200 background=0.97 shape_color=0.93 shape_kind=1.00 size=0.89 "
+                                 "position=0.70 all=0.66")
+
+
+def test_size_counts_in_the_line_and_in_all():
+    """A generator that draws every shape at the other size: size=0 and all=0, the rest right."""
+    from dataclasses import replace
+
+    scenes = heldout_scenes(12, seed=5)
+    other = {"small": "large", "large": "small"}
+
+    def wrong_size(batch):
+        return torch.stack([render(replace(s, shapes=tuple(replace(sh, size=other[sh.size]) for sh in s.shapes)), 64)
+                            for s in batch])
+
+    result = evaluate(wrong_size, scenes)
+    assert result.scores["size"] == 0.0 and result.scores["overall"] == 0.0
+    assert result.scores["shape_color"] == 1.0
+    assert " size=0.00 " in eval_line(result) and eval_line(result).endswith(" all=0.00")
+
+
+def test_mean_over_seeds_and_the_split_by_shape_count():
+    scenes = heldout_scenes(20, seed=2)
+    perfect = evaluate(render_generator(64), scenes)
+    blank = evaluate(lambda batch: torch.full((len(batch), 3, 64, 64), -1.0), scenes)
+    mean = mean_scores([perfect, blank])
+    assert mean["shape_color"] == pytest.approx((perfect.scores["shape_color"] + blank.scores["shape_color"]) / 2)
+    parts = scores_by_shape_count(perfect)
+    n1 = sum(len(s.shapes) == 1 for s in scenes)
+    assert set(parts) == {c for c in (1, 2) if any(len(s.shapes) == c for s in scenes)}
+    assert 0 < n1 < len(scenes) and parts[1]["overall"] == 1.0 and parts[2]["overall"] == 1.0
+    assert parts[1]["position"] != parts[1]["position"]  # nan: no two-shape caption among them
 
 
 @pytest.mark.skipif(not (TINY_WEIGHTS / "llm" / "config.json").is_file(), reason="no shipped weights/tiny/llm")

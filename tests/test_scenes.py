@@ -19,9 +19,9 @@ CAPTION_RE = re.compile(rf"^{_SHAPE}(?: (?:above|below|to the left of|to the rig
                         rf" on a (?:{_COLOR}) background$")
 
 
-def _scenes(n, seed=0, split=None):
+def _scenes(n, seed=0, split=None, layout="relation"):
     g = torch.Generator().manual_seed(seed)
-    return [sample_scene(g, split) for _ in range(n)]
+    return [sample_scene(g, split, layout=layout) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,9 @@ def test_invalid_scenes_and_arguments_raise():
         SceneDataset(length=3)[3]
 
 
-def test_sampled_geometry_respects_margins():
-    for s in _scenes(2000, seed=1):
+@pytest.mark.parametrize("layout", S.LAYOUTS)
+def test_sampled_geometry_respects_margins(layout):
+    for s in _scenes(2000, seed=1, layout=layout):
         boxes = []
         for shape in s.shapes:
             h = SIZES[shape.size] / 2
@@ -77,6 +78,60 @@ def test_sampled_geometry_respects_margins():
             sign = -1 if s.relation in ("above", "left of") else 1
             assert sign * along >= h0 + h1 + S.GAP - 1e-9       # clear gap, so no overlap
             assert abs(across) <= S.OFF_AXIS * abs(along) + 1e-9  # relation is unambiguous
+
+
+def test_relation_layout_fixes_the_layout():
+    """The default layout: both shapes on the centre line across the axis (jitter <= JITTER), the
+    pair centred along it (same bound), the free gap in [GAP, GAP + SPACING]; the free layout
+    spreads much further."""
+    spread = {}
+    for layout in S.LAYOUTS:
+        worst_across, worst_middle = 0.0, 0.0
+        for s in _scenes(3000, seed=2, layout=layout):
+            if len(s.shapes) != 2:
+                continue
+            vertical = s.relation in ("above", "below")
+            (a0, b0), (a1, b1) = [(sh.center[1], sh.center[0]) if vertical else sh.center for sh in s.shapes]
+            h0, h1 = (SIZES[sh.size] / 2 for sh in s.shapes)
+            worst_across = max(worst_across, abs(b0 - 0.5), abs(b1 - 0.5))
+            lo, hi = min(a0 - h0, a1 - h1), max(a0 + h0, a1 + h1)
+            worst_middle = max(worst_middle, abs((lo + hi) / 2 - 0.5))
+            if layout == "relation":
+                gap = abs(a0 - a1) - h0 - h1
+                assert S.GAP - 1e-9 <= gap <= S.GAP + S.SPACING + 1e-9, (s, gap)
+                assert abs(b0 - 0.5) <= S.JITTER + 1e-9 and abs(b1 - 0.5) <= S.JITTER + 1e-9
+                assert abs((lo + hi) / 2 - 0.5) <= S.JITTER + 1e-9
+                assert check_image(render(s), s).position  # the relation still reads right
+        spread[layout] = worst_across
+    assert spread["relation"] <= S.JITTER + 1e-9 < 0.2 < spread["free"]
+
+
+def test_layout_is_checked():
+    with pytest.raises(ValueError, match="layout must be one of"):
+        SceneDataset(layout="grid")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        sample_scene(torch.Generator(), layout="")
+
+
+def test_heldout_rule_is_the_sha256_of_the_canonical_caption():
+    """The held-out rule is unchanged by the layouts and the validation split (scores stay
+    comparable across datasets): recomputed here from its definition."""
+    import hashlib
+
+    for s in _scenes(500, seed=7) + _scenes(500, seed=7, layout="free"):
+        bucket = int.from_bytes(hashlib.sha256(s.canonical_caption.encode()).digest()[:8], "big") % 100
+        assert is_heldout(s) == (bucket < 10)
+        assert S.caption_split(s) == ("heldout" if bucket < 10 else "validation" if bucket < 15 else "train")
+    # the same seed draws the same held-out captions whatever the layout
+    assert [s.caption for s in heldout_scenes(50, layout="free")] == [s.caption for s in heldout_scenes(50)]
+
+
+def test_validation_split_is_carved_from_training():
+    train = {SceneDataset("train", length=2000, seed=0).scene(i).canonical_caption for i in range(2000)}
+    val = heldout_scenes(300, split="validation")
+    assert all(S.caption_split(s) == "validation" for s in val)
+    assert not {s.canonical_caption for s in val} & train
+    assert not {s.canonical_caption for s in val} & {s.canonical_caption for s in heldout_scenes(300)}
 
 
 def test_render_shape_range_and_colours():

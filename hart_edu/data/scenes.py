@@ -22,10 +22,20 @@ Conventions
   inside), its pixel coverage is ``alpha = clamp(1/2 - d, 0, 1)`` and the pixel is composited as
   ``I <- (1 - alpha) I + alpha c``. About 7k 64x64 images per second on one CPU core
   (the checker: about 400 images per second).
-* Held-out split: a scene is held out iff a stable hash (sha256) of its *canonical* caption falls
-  in the lowest 10% (:func:`is_heldout`). The canonical caption writes a two-shape relation as
-  "above" or "left of" (swapping the shapes if needed), so "A below B" and "B above A" fall on the
-  same side and a held-out composition is never seen in training under either wording.
+* Splits by caption: a stable hash (sha256) of a scene's *canonical* caption, taken mod 100, puts
+  it in the held-out test split when below 10 (:func:`is_heldout`), in the validation split when
+  in [10, 15) (:func:`caption_split`; for choosing sampling settings, never trained on), else in
+  training. The canonical caption writes a two-shape relation as "above" or "left of" (swapping
+  the shapes if needed), so "A below B" and "B above A" fall on the same side and a held-out
+  composition is never seen in training under either wording.
+* Layouts of two shapes (:data:`LAYOUTS`). ``"relation"`` (the default): the relation fixes the
+  layout. Both shapes sit on the image's centre line across the relation's axis (each jittered
+  by at most :data:`JITTER`, 2 pixels at 64 px), the pair is centred along the axis (same
+  jitter, less where the pair fills the image) and the free gap between the shapes is in
+  [GAP, GAP + SPACING]. ``"free"``: the pair is placed anywhere the relation still holds
+  unambiguously; one caption then allows many layouts, which a next-scale model draws token by
+  token in parallel and mixes up (the course's experiment on the limits of parallel decoding).
+  One-shape scenes are placed anywhere in both.
 * Randomness comes only from an explicit ``torch.Generator``.
 """
 
@@ -60,9 +70,14 @@ INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of"
 
 PAD = 0.04                # free margin between any shape and the image border
 GAP = 0.06                # min free gap between two shapes along the relation's axis
-OFF_AXIS = 0.5            # |offset across the axis| <= OFF_AXIS * |offset along it|
+OFF_AXIS = 0.5            # free layout: |offset across the axis| <= OFF_AXIS * |offset along it|
+JITTER = 2 / 64           # relation layout: largest shift off the centre line (2 px at 64 px)
+SPACING = 0.04            # relation layout: the gap between the shapes is in [GAP, GAP + SPACING]
+LAYOUTS = ("relation", "free")
 TWO_SHAPE_PROB = 0.5      # share of scenes with two shapes
 HELDOUT_PERCENT = 10      # share of canonical captions held out for prompt-following tests
+VALIDATION_PERCENT = 5    # share of canonical captions kept out of training to choose sampling settings
+SPLITS = ("train", "validation", "heldout")
 
 
 @dataclass(frozen=True)
@@ -118,10 +133,22 @@ class Scene:
         return self.caption
 
 
+def _caption_bucket(scene: Scene) -> int:
+    digest = hashlib.sha256(scene.canonical_caption.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
 def is_heldout(scene: Scene) -> bool:
     """Held out iff sha256(canonical caption) mod 100 < HELDOUT_PERCENT (stable across runs)."""
-    digest = hashlib.sha256(scene.canonical_caption.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < HELDOUT_PERCENT
+    return _caption_bucket(scene) < HELDOUT_PERCENT
+
+
+def caption_split(scene: Scene) -> str:
+    """"heldout" (bucket < 10), "validation" (bucket in [10, 15)) or "train", by the caption."""
+    bucket = _caption_bucket(scene)
+    if bucket < HELDOUT_PERCENT:
+        return "heldout"
+    return "validation" if bucket < HELDOUT_PERCENT + VALIDATION_PERCENT else "train"
 
 
 # --------------------------------------------------------------------------- sampling
@@ -133,8 +160,30 @@ def _uniform(lo: float, hi: float, g: torch.Generator) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g))
 
 
+def _place_pair_on_axis(s0: float, s1: float, relation: str, g: torch.Generator):
+    """The "relation" layout: centres of two boxes of sides s0, s1, box 0 `relation` box 1.
+
+    Across the axis both centres are 1/2 + U(-JITTER, JITTER). Along it the free gap is
+    U(GAP, GAP + SPACING), so the centre offset is d = (s0 + s1)/2 + gap, and the pair's extent
+    (s0 + s1 + gap) is centred at 1/2 + U(-JITTER, JITTER), the shift clamped to keep both
+    boxes PAD inside the image.
+    """
+    d = (s0 + s1) / 2 + _uniform(GAP, GAP + SPACING, g)
+    first_is_0 = relation in ("above", "left of")        # box 0 has the smaller coordinate
+    s_first, s_second = (s0, s1) if first_is_0 else (s1, s0)
+    half_extent = (s_first / 2 + d + s_second / 2) / 2
+    slack = max(0.0, 0.5 - PAD - half_extent)
+    middle = 0.5 + _uniform(-min(JITTER, slack), min(JITTER, slack), g)
+    a_first = middle - half_extent + s_first / 2
+    a0, a1 = (a_first, a_first + d) if first_is_0 else (a_first + d, a_first)
+    b0, b1 = (0.5 + _uniform(-JITTER, JITTER, g) for _ in range(2))
+    vertical = relation in ("above", "below")             # axis is y for above/below
+    return ((b0, a0), (b1, a1)) if vertical else ((a0, b0), (a1, b1))
+
+
 def _place_pair(s0: float, s1: float, relation: str, g: torch.Generator):
-    """Centres of two boxes of sides s0, s1 so that box 0 is `relation` box 1, with margins.
+    """The "free" layout: centres of two boxes of sides s0, s1 so that box 0 is `relation`
+    box 1, with margins.
 
     Along the relation's axis the centre offset is d in [(s0+s1)/2 + GAP, 1 - (s0+s1)/2 - 2 PAD]
     (a clear gap and both boxes inside); across it the offset is at most OFF_AXIS * d, so the
@@ -152,15 +201,23 @@ def _place_pair(s0: float, s1: float, relation: str, g: torch.Generator):
     return ((b0, a0), (b1, a1)) if vertical else ((a0, b0), (a1, b1))
 
 
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
 def sample_scene(generator: torch.Generator, split: str | None = None,
-                 two_shape_prob: float = TWO_SHAPE_PROB) -> Scene:
-    """One random scene; `split` = "train" / "heldout" keeps only scenes of that split (rejection).
-    `two_shape_prob`: the share of two-shape scenes (training may show more of the harder ones;
-    the held-out test set keeps the default)."""
-    if split not in (None, "train", "heldout"):
-        raise ValueError(f"split must be None, 'train' or 'heldout', got {split!r}")
+                 two_shape_prob: float = TWO_SHAPE_PROB, layout: str = "relation") -> Scene:
+    """One random scene; `split` ("train", "validation", "heldout") keeps only scenes of that
+    split (rejection). `two_shape_prob`: the share of two-shape scenes (training may show more
+    of the harder ones; the held-out test set keeps the default). `layout`: see the module
+    docstring ("relation" or "free")."""
+    if split not in (None, *SPLITS):
+        raise ValueError(f"split must be None or one of {SPLITS}, got {split!r}")
     if not 0.0 <= two_shape_prob <= 1.0:
         raise ValueError(f"two_shape_prob must be in [0, 1], got {two_shape_prob}")
+    place_pair = _place_pair_on_axis if check_layout(layout) == "relation" else _place_pair
     g = generator
     while True:
         background = _choice(COLORS, g)
@@ -175,10 +232,10 @@ def sample_scene(generator: torch.Generator, split: str | None = None,
         else:
             color1 = _choice([c for c in COLORS if c not in (background, color0)], g)
             relation = _choice(RELATIONS, g)
-            c0, c1 = _place_pair(SIZES[sizes[0]], SIZES[sizes[1]], relation, g)
+            c0, c1 = place_pair(SIZES[sizes[0]], SIZES[sizes[1]], relation, g)
             scene = Scene(background, (Shape(kinds[0], color0, sizes[0], c0),
                                        Shape(kinds[1], color1, sizes[1], c1)), relation)
-        if split is None or is_heldout(scene) == (split == "heldout"):
+        if split is None or caption_split(scene) == split:
             return scene
 
 
@@ -237,11 +294,11 @@ class SceneDataset(Dataset):
     """`length` scenes of one split; item i is drawn from a generator seeded by (seed, i)."""
 
     def __init__(self, split: str = "train", size: int = 64, length: int = 10_000, seed: int = 0,
-                 two_shape_prob: float = TWO_SHAPE_PROB):
-        if split not in ("train", "heldout"):
-            raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+                 two_shape_prob: float = TWO_SHAPE_PROB, layout: str = "relation"):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split, self.size, self.length, self.seed = split, size, length, seed
-        self.two_shape_prob = two_shape_prob
+        self.two_shape_prob, self.layout = two_shape_prob, check_layout(layout)
 
     def __len__(self) -> int:
         return self.length
@@ -250,16 +307,17 @@ class SceneDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for length {self.length}")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        return sample_scene(g, self.split, self.two_shape_prob)
+        return sample_scene(g, self.split, self.two_shape_prob, self.layout)
 
     def __getitem__(self, index: int) -> SceneSample:
         scene = self.scene(index)
         return SceneSample(render(scene, self.size), scene.caption, scene)
 
 
-def heldout_scenes(n: int, seed: int = 0) -> list[Scene]:
-    """n held-out scenes, deterministic in `seed` (the same as SceneDataset("heldout", ...))."""
-    dataset = SceneDataset("heldout", length=n, seed=seed)
+def heldout_scenes(n: int, seed: int = 0, layout: str = "relation", split: str = "heldout") -> list[Scene]:
+    """n scenes of ``split`` (default the held-out one), deterministic in `seed` (the same as
+    SceneDataset(split, ...))."""
+    dataset = SceneDataset(split, length=n, seed=seed, layout=layout)
     return [dataset.scene(i) for i in range(n)]
 
 

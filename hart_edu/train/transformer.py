@@ -160,6 +160,7 @@ class TrainSettings:
     seed: int = 0
     train_examples: int = 20_000
     two_shape_prob: float = 0.5  # share of two-shape scenes in the training images
+    layout: str = "relation"  # where two shapes go: "relation" or "free" (hart_edu.data.scenes)
     scale_balance: float = 0.0  # 0: every token weighs the same in L_ce; 1: every scale (module docstring)
     bf16: bool = True  # autocast the transformer's matmuls to bfloat16 (weights and losses stay fp32)
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is faster when another job holds a core
@@ -237,9 +238,11 @@ class EncodedScenes(NamedTuple):
 
 @torch.no_grad()
 def encode_scenes(tok: HybridTokenizer, text: TextEncoder, n: int, seed: int,
-                  batch_size: int = 256, progress: bool = True, two_shape_prob: float = 0.5) -> EncodedScenes:
+                  batch_size: int = 256, progress: bool = True, two_shape_prob: float = 0.5,
+                  layout: str = "relation") -> EncodedScenes:
     """Encode the first ``n`` training scenes (seed ``seed``) with the frozen models."""
-    data = SceneDataset("train", size=tok.config.image_size, length=n, seed=seed, two_shape_prob=two_shape_prob)
+    data = SceneDataset("train", size=tok.config.image_size, length=n, seed=seed, two_shape_prob=two_shape_prob,
+                        layout=layout)
     p_last = tok.config.v_patch_nums[-1]
     idx, xs, residuals, caption_ids, captions, index_of = [], [], [], [], [], {}
     for start in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress, leave=False):
@@ -277,7 +280,7 @@ def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, 
                      run: Path, progress: bool = True) -> EncodedScenes:
     """:func:`encode_scenes`, saved in ``run/encoded.pt`` and reused while the tokenizer
     files, the example count, the seed and the context length are the same."""
-    key = f"{_file_digest(tok_folder)}-{s.train_examples}-{s.seed}-{s.context_token}-{s.two_shape_prob}"
+    key = f"{_file_digest(tok_folder)}-{s.train_examples}-{s.seed}-{s.context_token}-{s.two_shape_prob}-{s.layout}"
     run.mkdir(parents=True, exist_ok=True)
     path = run / "encoded.pt"
     if path.is_file():
@@ -285,7 +288,8 @@ def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, 
         if saved.get("key") == key:
             return EncodedScenes(**{k: saved[k] for k in EncodedScenes._fields})
     t0 = time.time()
-    enc = encode_scenes(tok, text, s.train_examples, s.seed, two_shape_prob=s.two_shape_prob, progress=progress)
+    enc = encode_scenes(tok, text, s.train_examples, s.seed, two_shape_prob=s.two_shape_prob, layout=s.layout,
+                        progress=progress)
     print(f"encoded {s.train_examples} images and {len(enc.captions)} captions in {time.time() - t0:.0f} s")
     torch.save({"key": key, **enc._asdict()}, path)
     return enc
@@ -301,6 +305,7 @@ class StepLosses(NamedTuple):
     ce: torch.Tensor  # the plain per-token mean (what the curves show)
     diffusion: DiffusionLoss
     accuracy: float  # share of tokens whose argmax is the true code
+    ce_scales: list[float]  # the per-token cross-entropy of each scale, coarse to fine
 
 
 def scale_weights(patch_nums: tuple[int, ...], scale_balance: float) -> torch.Tensor:
@@ -334,7 +339,10 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
         target_MC = enc.residual_NlC[rows_B].reshape(B * l, -1).repeat(mul, 1)
         diff = model.diffloss.training_loss(target_MC, z_MC, generator)
     accuracy = float((out.logits_BLV.argmax(-1) == idx_BK).float().mean())
-    return StepLosses((ce_BK * ce_weights_K).mean() + diff.loss, ce_BK.mean(), diff, accuracy)
+    ce_K = ce_BK.detach().mean(0)
+    sizes = [p * p for p in cfg.patch_nums]
+    ce_scales = [float(part.mean()) for part in ce_K.split(sizes)]
+    return StepLosses((ce_BK * ce_weights_K).mean() + diff.loss, ce_BK.mean(), diff, accuracy, ce_scales)
 
 
 def _result_settings(settings: dict) -> dict:
@@ -433,6 +441,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         history.append({"step": step, "loss": float(losses.loss.detach()), "ce": float(losses.ce.detach()),
                         "diffusion": float(losses.diffusion.loss.detach()), "diffusion_mse": float(losses.diffusion.mse.detach()),
                         "diffusion_vb": float(losses.diffusion.vb.detach()), "token_accuracy": losses.accuracy,
+                        "ce_scales": losses.ce_scales,
                         "grad_norm": grad_norm, "lr": warmup_cosine_lr(step, s.lr, s.warmup, s.steps)})
         step += 1
         bar.update(1)
