@@ -17,11 +17,13 @@ from hart_edu.train.transformer import (
     context_dropout,
     init_weights,
     save_pretrained,
+    scale_entropy_floor,
     scale_weights,
     tiny_config,
     train,
     write_text_encoder_pointer,
 )
+from hart_edu.paths import TINY_WEIGHTS
 from hart_edu.sampler import HARTPipeline
 
 SMALL_TOK = TokenizerConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), v_patch_nums=(1, 2, 4, 8),
@@ -124,6 +126,12 @@ def test_smoke_training_loss_falls_and_output_loads(tokenizer_folder, tmp_path):
     result = train(tokenizer_folder, tmp_path / "run", s, progress=False)
     ce = [h["ce"] for h in result.history]
     assert sum(ce[-5:]) / 5 < 0.8 * sum(ce[:5]) / 5, (ce[:5], ce[-5:])
+    # the per-scale curves: one value per scale, their token-weighted mean is the logged ce
+    sizes = torch.tensor([p * p for p in SMALL_TOK.v_patch_nums], dtype=torch.float64)
+    for h in result.history[::7]:
+        assert len(h["ce_scales"]) == len(sizes)
+        assert float((torch.tensor(h["ce_scales"], dtype=torch.float64) * sizes).sum() / sizes.sum()) == \
+            pytest.approx(h["ce"], rel=1e-5)
     assert all(torch.isfinite(torch.tensor([h["loss"] for h in result.history])))
     save_pretrained(result, tmp_path / "llm")
     config = json.loads((tmp_path / "llm" / "config.json").read_text())
@@ -205,3 +213,17 @@ def test_scale_balance_changes_the_minimised_loss_not_the_logged_ce(tokenizer_fo
     a, b = plain.history[0], balanced.history[0]
     assert a["ce"] == b["ce"] and a["diffusion"] == b["diffusion"]  # same init, same batch
     assert a["loss"] != b["loss"]  # but the weighted ce differs
+
+
+@pytest.mark.skipif(not (TINY_WEIGHTS / "tokenizer" / "config.json").is_file(), reason="no weights/tiny/tokenizer")
+def test_the_relation_layout_leaves_the_2x2_scale_less_to_choose():
+    """The data's own entropy of the 2x2 codes (the floor of their cross-entropy) is lower when
+    the relation fixes the layout than with the free layout; one scene per caption leaves
+    nothing to choose (0)."""
+    tok = HybridTokenizer.from_pretrained(TINY_WEIGHTS / "tokenizer")
+    fixed = scale_entropy_floor(tok, 1, captions=8, per_caption=24, layout="relation")
+    free = scale_entropy_floor(tok, 1, captions=8, per_caption=24, layout="free")
+    assert 0 < fixed["entropy_nats"] < free["entropy_nats"], (fixed, free)
+    assert scale_entropy_floor(tok, 1, captions=4, per_caption=1)["entropy_nats"] == 0.0
+    with pytest.raises(ValueError, match="scale must be >= 1"):
+        scale_entropy_floor(tok, 0)

@@ -201,6 +201,23 @@ def _place_pair(s0: float, s1: float, relation: str, g: torch.Generator):
     return ((b0, a0), (b1, a1)) if vertical else ((a0, b0), (a1, b1))
 
 
+def _draw_centers(sizes: Sequence[str], relation: str | None, g: torch.Generator, layout: str):
+    """The centres of one shape (anywhere inside the margins) or of a pair (by ``layout``)."""
+    if len(sizes) == 1:
+        s = SIZES[sizes[0]]
+        return [(_uniform(PAD + s / 2, 1 - PAD - s / 2, g), _uniform(PAD + s / 2, 1 - PAD - s / 2, g))]
+    place_pair = _place_pair_on_axis if layout == "relation" else _place_pair
+    return list(place_pair(SIZES[sizes[0]], SIZES[sizes[1]], relation, g))
+
+
+def redraw_placement(scene: Scene, generator: torch.Generator, layout: str = "relation") -> Scene:
+    """The same caption at a new placement, drawn as the dataset draws it (e.g. to measure how
+    much a caption leaves open)."""
+    centers = _draw_centers([s.size for s in scene.shapes], scene.relation, generator, check_layout(layout))
+    return Scene(scene.background, tuple(Shape(s.kind, s.color, s.size, c) for s, c in zip(scene.shapes, centers)),
+                 scene.relation)
+
+
 def check_layout(layout: str) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -217,7 +234,7 @@ def sample_scene(generator: torch.Generator, split: str | None = None,
         raise ValueError(f"split must be None or one of {SPLITS}, got {split!r}")
     if not 0.0 <= two_shape_prob <= 1.0:
         raise ValueError(f"two_shape_prob must be in [0, 1], got {two_shape_prob}")
-    place_pair = _place_pair_on_axis if check_layout(layout) == "relation" else _place_pair
+    check_layout(layout)
     g = generator
     while True:
         background = _choice(COLORS, g)
@@ -226,13 +243,12 @@ def sample_scene(generator: torch.Generator, split: str | None = None,
         kinds = [_choice(KINDS, g) for _ in range(n_shapes)]
         sizes = [_choice(tuple(SIZES), g) for _ in range(n_shapes)]
         if n_shapes == 1:
-            s = SIZES[sizes[0]]
-            center = (_uniform(PAD + s / 2, 1 - PAD - s / 2, g), _uniform(PAD + s / 2, 1 - PAD - s / 2, g))
+            (center,) = _draw_centers(sizes, None, g, layout)
             scene = Scene(background, (Shape(kinds[0], color0, sizes[0], center),))
         else:
             color1 = _choice([c for c in COLORS if c not in (background, color0)], g)
             relation = _choice(RELATIONS, g)
-            c0, c1 = place_pair(SIZES[sizes[0]], SIZES[sizes[1]], relation, g)
+            c0, c1 = _draw_centers(sizes, relation, g, layout)
             scene = Scene(background, (Shape(kinds[0], color0, sizes[0], c0),
                                        Shape(kinds[1], color1, sizes[1], c1)), relation)
         if split is None or caption_split(scene) == split:

@@ -488,6 +488,55 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+@torch.no_grad()
+def scale_entropy_floor(tok: HybridTokenizer, scale: int = 1, captions: int = 64, per_caption: int = 64,
+                        seed: int = 1, layout: str = "relation", two_shape_prob: float = 0.75,
+                        batch_size: int = 256) -> dict:
+    """The data's own entropy of one scale's codes: the floor of its teacher-forced cross-entropy.
+
+    Under teacher forcing a code of scale ``scale`` is predicted from the caption and the codes
+    of the coarser scales, so no model can go below the conditional entropy
+
+        H = mean over the p^2 positions j of  H(idx_j | caption, idx of scales < scale)
+
+    We estimate it from the data: ``captions`` training captions, ``per_caption`` scenes drawn
+    for each (the caption fixed, the placement drawn as the dataset draws it), encoded by the
+    frozen tokenizer; the samples are grouped by (caption, coarser codes) and each group's code
+    histogram gives a plug-in entropy with the Miller-Madow correction (+ (K - 1) / 2n for K
+    distinct codes among n samples), averaged over the samples. Returns the estimate in nats
+    with its settings."""
+    from hart_edu.data.scenes import redraw_placement, render, sample_scene
+
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1 (the first scale has no coarser codes), got {scale}")
+    g = torch.Generator().manual_seed(seed)
+    groups: dict[tuple, list[list[int]]] = {}
+    p = tok.config.v_patch_nums[scale]
+    for _ in range(captions):
+        base = sample_scene(g, "train", two_shape_prob, layout)
+        scenes = [redraw_placement(base, g, layout) for _ in range(per_caption)]
+        for start in range(0, len(scenes), batch_size):
+            batch = scenes[start:start + batch_size]
+            idx_Bl = tok.encode(torch.stack([render(s, tok.config.image_size) for s in batch])).idx_Bl
+            coarse_B = torch.cat(idx_Bl[:scale], dim=1)
+            for b in range(len(batch)):
+                key = (base.caption, tuple(coarse_B[b].tolist()))
+                groups.setdefault(key, []).append(idx_Bl[scale][b].tolist())
+    total, n_all = 0.0, 0
+    for codes in groups.values():
+        codes_nJ = torch.tensor(codes)
+        n = codes_nJ.shape[0]
+        for j in range(codes_nJ.shape[1]):
+            counts = torch.unique(codes_nJ[:, j], return_counts=True)[1].double()
+            q = counts / n
+            h = float(-(q * q.log()).sum()) + (len(counts) - 1) / (2 * n)
+            total += h * n
+        n_all += n * codes_nJ.shape[1]
+    return {"scale": scale, "patch": p, "entropy_nats": total / n_all, "captions": captions,
+            "per_caption": per_caption, "groups": len(groups), "layout": layout, "seed": seed,
+            "estimator": "plug-in + Miller-Madow per (caption, coarser codes) group, mean over samples"}
+
+
 def save_report(report: dict, history: list[dict], folder: Path) -> None:
     """transformer_report.json, transformer_history.json and transformer_training.png."""
     import matplotlib
@@ -509,6 +558,38 @@ def save_report(report: dict, history: list[dict], folder: Path) -> None:
     ax[2].set(xlabel="step", ylabel="share of codes right", title="teacher-forced token accuracy")
     fig.tight_layout()
     fig.savefig(folder / "transformer_training.png", dpi=100)
+    plt.close(fig)
+    save_scale_curves(report, history, folder / "transformer_scales.png")
+
+
+def save_scale_curves(report: dict, history: list[dict], path: Path) -> None:
+    """The teacher-forced cross-entropy of each scale over training, and the data's own entropy
+    of the 2x2 scale (``report["ce_floor"]``, :func:`scale_entropy_floor`) as its floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [h for h in history if "ce_scales" in h]
+    if not rows:
+        return
+    patch_nums = report["settings"].get("patch_nums") or report.get("patch_nums")
+    steps = [h["step"] for h in rows]
+    w = max(1, len(rows) // 50)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for si in range(len(rows[0]["ce_scales"])):
+        label = f"{patch_nums[si]}x{patch_nums[si]}" if patch_nums else f"scale {si}"
+        line, = ax.plot(steps, smooth([h["ce_scales"][si] for h in rows], w), lw=1.2, label=label)
+        floor = report.get("ce_floor")
+        if floor and floor["scale"] == si:
+            ax.axhline(floor["entropy_nats"], color=line.get_color(), ls="--", lw=1,
+                       label=f"{label}: the data's own entropy ({floor['entropy_nats']:.2f})")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats per code)", yscale="log",
+           title="teacher-forced cross-entropy by scale")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -532,12 +613,17 @@ def main(argv: list[str] | None = None) -> int:
     save_pretrained(result, args.out, dtype=getattr(torch, args.save_dtype))
     write_text_encoder_pointer(args.out.parent, settings.context_token)
     last = result.history[-50:]
+    tok = HybridTokenizer.from_pretrained(args.tokenizer)
     report = {
         "train_seconds_this_run": round(result.seconds, 1),
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "final_ce_last50": sum(h["ce"] for h in last) / len(last),
         "final_diffusion_last50": sum(h["diffusion"] for h in last) / len(last),
         "final_token_accuracy_last50": sum(h["token_accuracy"] for h in last) / len(last),
+        "final_ce_scales_last50": [sum(h["ce_scales"][si] for h in last) / len(last)
+                                   for si in range(len(last[-1]["ce_scales"]))],
+        "ce_floor": scale_entropy_floor(tok, 1, layout=settings.layout, two_shape_prob=settings.two_shape_prob),
+        "patch_nums": list(tok.config.v_patch_nums),
         "settings": asdict(settings),
         "tokenizer": str(args.tokenizer),
     }
