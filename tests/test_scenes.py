@@ -225,3 +225,21 @@ def test_checker_degrades_gracefully_with_noise(heldout200):
     assert overall[0] >= 0.95 and overall[0] >= overall[1] >= overall[2] and overall[2] < 0.2, overall
     blurred = torch.nn.functional.avg_pool2d(imgs, 3, 1, 1, count_include_pad=False)
     assert score_images(blurred, scenes)["overall"] >= 0.95
+
+
+def test_clean_background_share(heldout200):
+    """Ground-truth renders have clean backgrounds (1.0); a frame, a stray blob or a smudge of
+    another colour lowers the share by about the area it covers."""
+    scenes, images = heldout200
+    assert all(S.clean_background_share(img, s) == 1.0 for img, s in zip(images[:40], scenes[:40]))
+    scene, img = scenes[0], images[0].clone()
+    other = next(c for c in COLORS if c != scene.background and c not in {sh.color for sh in scene.shapes})
+    framed = img.clone()
+    framed[:, :2, :] = (torch.tensor(PALETTE[other]) / 127.5 - 1)[:, None, None]  # a 2-pixel top edge
+    share = S.clean_background_share(framed, scene)
+    assert 0.9 < share < 0.99
+    faint = img.clone()
+    faint[:, -3:, :] += 0.4  # a faint frame (about 50 of 255 brighter): not the named colour any more
+    assert S.clean_background_share(faint.clamp(-1, 1), scene) < 0.99
+    with pytest.raises(ValueError, match="expected an image"):
+        S.clean_background_share(img[0], scene)

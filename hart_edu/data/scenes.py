@@ -381,12 +381,13 @@ def _dilate(m_11HW: torch.Tensor, k: int = 3) -> torch.Tensor:
     return F.max_pool2d(m_11HW, k, 1, k // 2)
 
 
-def _largest_blob(mask_HW: torch.Tensor) -> Blob | None:
-    """The largest 8-connected component of a colour mask, measured.
+def _largest_component(mask_HW: torch.Tensor) -> torch.Tensor | None:
+    """The pixels (H, W) bool of the largest 8-connected component of a colour mask, or None
+    when it covers less than MIN_BLOB of the image.
 
     The mask is first *opened* (3x3 erode, then dilate) so specks and the anti-aliasing fringe
     of other shapes cannot connect or count; components are found by letting every pixel take
-    the largest id among its neighbours until nothing changes; the component is then measured on
+    the largest id among its neighbours until nothing changes; the component is then taken on
     the raw mask near it (a 5x5 dilation gives back the thin tips the opening cut off).
     """
     H, W = mask_HW.shape
@@ -406,7 +407,15 @@ def _largest_blob(mask_HW: torch.Tensor) -> Blob | None:
     if counts.max() < MIN_BLOB * H * W:
         return None
     component_11HW = (ids_HW == counts.argmax()).float()[None, None]
-    blob_HW = (_dilate(component_11HW, 5) * raw_11HW)[0, 0] > 0
+    return (_dilate(component_11HW, 5) * raw_11HW)[0, 0] > 0
+
+
+def _largest_blob(mask_HW: torch.Tensor) -> Blob | None:
+    """The largest 8-connected component of a colour mask (:func:`_largest_component`), measured."""
+    blob_HW = _largest_component(mask_HW)
+    if blob_HW is None:
+        return None
+    H, W = mask_HW.shape
     ys, xs = torch.nonzero(blob_HW, as_tuple=True)
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
     h, w = y1 - y0 + 1, x1 - x0 + 1
@@ -454,6 +463,33 @@ def check_image(img_3HW: torch.Tensor, scene: Scene) -> SceneScore:
                  for s, b in zip(scene.shapes, want)),
         position=position,
     )
+
+
+BACKGROUND_TOLERANCE = 40.0  # a clean background pixel is within this RGB distance (0..255 units) of its colour
+
+
+def clean_background_share(img_3HW: torch.Tensor, scene: Scene, tolerance: float = BACKGROUND_TOLERANCE) -> float:
+    """The share of background pixels within ``tolerance`` (Euclidean RGB distance, 0-255 units)
+    of the caption's background colour: frames, stray blobs and smudges lower it.
+
+    Background pixels: all but the caption's shapes, each taken as the largest blob of its
+    colour (as :func:`check_image` finds it) grown by 2 pixels to leave out the anti-aliased
+    edge. A ground-truth render scores 1.0."""
+    if img_3HW.ndim != 3 or img_3HW.shape[0] != 3:
+        raise ValueError(f"expected an image (3, H, W), got shape {tuple(img_3HW.shape)}")
+    img_3HW = img_3HW.detach().float().cpu().clamp(-1, 1)
+    labels_HW = _label_pixels(img_3HW)
+    shapes_HW = torch.zeros(labels_HW.shape, dtype=torch.bool)
+    for shape in scene.shapes:
+        blob_HW = _largest_component(labels_HW == COLORS.index(shape.color))
+        if blob_HW is not None:
+            shapes_HW |= blob_HW
+    grown_HW = _dilate(shapes_HW.float()[None, None], 5)[0, 0] > 0
+    distance_HW = ((img_3HW - _rgb(scene.background)[:, None, None]) * 127.5).norm(dim=0)
+    background_HW = ~grown_HW
+    if not background_HW.any():
+        return 0.0
+    return float((distance_HW[background_HW] <= tolerance).float().mean())
 
 
 def score_images(imgs: torch.Tensor | Sequence[torch.Tensor], scenes: Sequence[Scene]) -> dict[str, float]:
