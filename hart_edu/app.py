@@ -2,7 +2,10 @@
 
 A prompt, a seed (kept, typed, or drawn anew with "Randomize seed"), the guidance scale,
 smoothing (``more_smooth``), the residual diffusion on or off and the number of images; the
-gallery shows the images and, on request, how each one builds up scale by scale.
+gallery shows the images and, on request, how each one builds up scale by scale. The form
+starts at the weights' sampling defaults (the tree's ``generation_config.json``, else the
+official ones); the settings the page does not show (top-k, top-p, greedy, the diffusion
+temperature) are always the weights' defaults.
 
 The work is split in two so that it can be tested without a browser:
 
@@ -97,10 +100,11 @@ class Studio:
     def image_size(self) -> int:
         return self.pipe.tokenizer.config.image_size
 
-    def generate(self, prompt: Any, seed: Any = 1, randomize_seed: bool = False, cfg: Any = 4.5,
-                 more_smooth: bool = True, residual: bool = True, num_images: Any = 1,
+    def generate(self, prompt: Any, seed: Any = 1, randomize_seed: bool = False, cfg: Any = None,
+                 more_smooth: bool | None = None, residual: bool | None = None, num_images: Any = 1,
                  show_scales: bool = False) -> StudioResult:
-        """Images for one prompt; a ValueError with one line for any bad field."""
+        """Images for one prompt; a ValueError with one line for any bad field. ``cfg``,
+        ``more_smooth``, ``residual`` left as None: the pipeline's ``generation_config``."""
         from hart_edu.limits import check_prompt_texts
         from hart_edu.sampler import check_sample_request, images_to_uint8, uint8_to_pil
 
@@ -109,16 +113,20 @@ class Studio:
         check_prompt_texts([prompt])
         n = _whole(num_images, "number of images", 1, MAX_APP_IMAGES)
         seed = secrets.randbelow(MAX_SEED + 1) if randomize_seed else _whole(seed, "seed", 0, MAX_SEED)
+        defaults = self.pipe.generation_config
+        cfg = defaults.cfg if cfg is None else cfg
         if isinstance(cfg, bool) or not isinstance(cfg, numbers.Real):
             raise ValueError(f"the guidance scale (CFG) must be a number, got {cfg!r}")
-        request = check_sample_request([prompt], float(cfg), None, None, n)
+        more_smooth = defaults.more_smooth if more_smooth is None else bool(more_smooth)
+        residual = defaults.residual if residual is None else bool(residual)
+        request = check_sample_request([prompt], float(cfg), defaults.top_k, defaults.top_p, n)
         if self.safety_checker is not None:
             self.safety_checker.require_safe(request.prompts)
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = self.pipe(request.prompts, cfg=request.cfg, more_smooth=bool(more_smooth), seed=seed,
-                            residual=bool(residual), num_images_per_prompt=n, progress=False)
+            out = self.pipe(request.prompts, cfg=request.cfg, more_smooth=more_smooth, seed=seed,
+                            residual=residual, num_images_per_prompt=n, progress=False)
         notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
 
         gallery: list[tuple[Any, str]] = []
@@ -147,6 +155,7 @@ def build_ui(studio: Studio):
     import gradio as gr
 
     size = studio.image_size
+    defaults = studio.pipe.generation_config  # the form's initial values
     description = (
         "# HART (hart_edu)\n"
         f"Text to image, {size}x{size}, on {studio.pipe.device}. Prompts are used as typed"
@@ -177,12 +186,13 @@ def build_ui(studio: Studio):
                 randomize_seed = gr.Checkbox(label="Randomize seed", value=False)
                 dice = gr.Button("New seed", scale=0)
             with gr.Row():
-                cfg = gr.Slider(label="Guidance scale (CFG)", minimum=0.0, maximum=20.0, step=0.1, value=4.5)
+                cfg = gr.Slider(label="Guidance scale (CFG)", minimum=0.0, maximum=max(20.0, defaults.cfg), step=0.1,
+                                value=defaults.cfg)
                 num_images = gr.Slider(label="Number of images", minimum=1, maximum=MAX_APP_IMAGES, step=1,
                                        value=1)
             with gr.Row():
-                more_smooth = gr.Checkbox(label="Smoothing (more_smooth)", value=True)
-                residual = gr.Checkbox(label="Residual diffusion", value=True)
+                more_smooth = gr.Checkbox(label="Smoothing (more_smooth)", value=defaults.more_smooth)
+                residual = gr.Checkbox(label="Residual diffusion", value=defaults.residual)
                 show_scales = gr.Checkbox(label="Show scale-by-scale progression", value=False)
 
         dice.click(lambda: secrets.randbelow(MAX_SEED + 1), inputs=None, outputs=seed, api_name="new_seed")

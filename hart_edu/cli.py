@@ -33,7 +33,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a file name where generat
 def add_generate_parser(sub) -> None:
     from hart_edu.cpu_dtype import add_cpu_arguments
     from hart_edu.safety import add_safety_arguments
+    from hart_edu.generation_config import GENERATION_CONFIG, MAX_CFG, GenerationConfig
     from hart_edu.sampler import DEFAULT_SEED
+
+    official = GenerationConfig()
+    from_tree = f"default: the weights' {GENERATION_CONFIG}, else"  # the sampling options' default is None
 
     gen = sub.add_parser(
         "generate",
@@ -51,14 +55,23 @@ def add_generate_parser(sub) -> None:
     gen.add_argument("--text-tokenizer", type=Path, default=None,
                      help="its tokenizer files (default: WEIGHTS/text_tokenizer if present, else the text encoder folder)")
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
-    gen.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale (default: 4.5)")
+    gen.add_argument("--cfg", type=float, default=None,
+                     help=f"classifier-free guidance scale, in [0, {MAX_CFG:g}] ({from_tree} {official.cfg:g})")
     gen.add_argument("--top-k", type=int, default=None,
-                     help="keep the k most likely codes (the official code overrides it unless --no-official-quirks)")
-    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
-    gen.add_argument("--more-smooth", action=argparse.BooleanOptionalAction, default=True,
-                     help="Gumbel-softmax blends of codes, sample.py's default (default: on)")
-    gen.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
-                     help="add the diffusion head's continuous residual (default: on)")
+                     help="keep the k most likely codes, 0: off (the official code overrides it unless "
+                          f"--no-official-quirks; {from_tree} {_on_off(official.top_k)})")
+    gen.add_argument("--top-p", type=float, default=None,
+                     help=f"nucleus sampling, in (0, 1], 0: off ({from_tree} {_on_off(official.top_p)})")
+    gen.add_argument("--more-smooth", action=argparse.BooleanOptionalAction, default=None,
+                     help=f"Gumbel-softmax blends of codes, sample.py's choice ({from_tree} "
+                          f"{_on_off(official.more_smooth)})")
+    gen.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                     help=f"add the diffusion head's continuous residual ({from_tree} {_on_off(official.residual)})")
+    gen.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
+                     help=f"take the most likely code instead of drawing one ({from_tree} {_on_off(official.greedy)})")
+    gen.add_argument("--diffusion-temperature", type=float, default=None,
+                     help="temperature of the residual diffusion's sampling, > 0 "
+                          f"({from_tree} {official.diffusion_temperature:g})")
     gen.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                      help="use the EMA weights, llm/ema_model.safetensors or llm/ema_model.bin; --no-ema: "
                           "llm/model.safetensors or llm/pytorch_model.bin (default: on)")
@@ -80,7 +93,20 @@ def add_generate_parser(sub) -> None:
     add_safety_arguments(gen)
 
 
+def _on_off(value) -> str:
+    """How the help states a default: on/off for a switch (None: off), else the value."""
+    if value is None or isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}"
+
+
+# the options of ``generate`` whose default (None) is the weights' generation_config.json
+SAMPLING_OPTIONS = ("cfg", "top_k", "top_p", "more_smooth", "residual", "greedy", "diffusion_temperature")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from hart_edu.generation_config import GENERATION_CONFIG, GenerationConfig
+
     parser = argparse.ArgumentParser(prog="hart-edu", description="Learn, run and hack on HART.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -91,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a HART tree (default: weights/tiny); with --tokenizer, a tokenizer/ folder")
     demo.add_argument("--n", type=int, default=12, help="number of captions (default: 12)")
     demo.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    demo.add_argument("--cfg", type=float, default=None,
+                      help=f"guidance scale (default: the weights' {GENERATION_CONFIG}, else {GenerationConfig().cfg:g})")
     demo.add_argument("--tokenizer", action="store_true",
                       help="instead: tokenize a photo and held-out scenes, discrete-only vs hybrid")
     add_generate_parser(sub)
@@ -107,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.tokenizer:
                 return demo.tokenizer_main(args.out, args.weights)
-            return demo.main(args.out, args.weights, n=args.n, seed=args.seed)
+            return demo.main(args.out, args.weights, n=args.n, seed=args.seed, cfg=args.cfg)
         if args.command == "generate":
             return generate_main(args)
         return args.run(args)  # a SUBCOMMAND_MODULES command: add_parser set run= as its default
@@ -149,11 +177,15 @@ def generate_main(args: argparse.Namespace) -> int:
     from hart_edu.generation import OFFICIAL, OfficialQuirks
     from hart_edu.paths import TINY_WEIGHTS
     from hart_edu.limits import check_image_count, check_prompt_texts
+    from hart_edu.generation_config import read_generation_config
     from hart_edu.sampler import check_sample_request, check_seed
 
-    # 1. Check everything that can be checked before loading a model.
+    # 1. Check everything that can be checked before loading a model. The sampling options
+    # left out take the weights' generation_config.json (read here, before the models).
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file is not None else args.prompt
-    request = check_sample_request(prompts, args.cfg, args.top_k, args.top_p, args.num_images)
+    weights = args.weights if args.weights is not None else TINY_WEIGHTS
+    sampling = read_generation_config(weights).override(**{name: getattr(args, name) for name in SAMPLING_OPTIONS})
+    request = check_sample_request(prompts, sampling.cfg, sampling.top_k, sampling.top_p, args.num_images)
     check_seed(args.seed)
     check_prompt_texts(request.prompts)
     check_image_count(len(request.prompts), request.num_images_per_prompt)
@@ -162,7 +194,6 @@ def generate_main(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() in IMAGE_SUFFIXES and not args.out.exists():
         raise ValueError(f"--out {args.out} looks like an image file name: --out is the folder that gets "
                          f"one PNG per image (e.g. --out {args.out.with_suffix('')})")
-    weights = args.weights if args.weights is not None else TINY_WEIGHTS
     no_quirks = OfficialQuirks(**{f.name: False for f in dataclasses.fields(OfficialQuirks)})
     quirks = OFFICIAL if args.official_quirks else no_quirks
     from hart_edu.cpu_dtype import choose_cpu_dtype, print_choice
@@ -179,7 +210,7 @@ def generate_main(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            images = _generate_pixels(args, request, weights, quirks, dtype.dtype)
+            images = _generate_pixels(args, request, sampling, weights, quirks, dtype.dtype)
     except FileNotFoundError as err:
         if args.weights is None:
             raise FileNotFoundError(f"{err} (the default weights are {TINY_WEIGHTS}: pass --weights ROOT)") from err
@@ -198,8 +229,11 @@ def generate_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, dtype) -> dict[str, bytes]:
+def _generate_pixels(args: argparse.Namespace, request, sampling, weights: Path, quirks, dtype) -> dict[str, bytes]:
     """Run the pipeline; return the PNG files' bytes by file name (sample.py's names).
+
+    ``sampling``: the GenerationConfig resolved from the options and the weights'
+    generation_config.json; every value is passed explicitly (0 = off for top-k/top-p).
 
     The low-memory path of ``hart-edu run-real``: the text encoder is freed once the prompts are
     encoded (one call), blocks of 16 MiB and more get their own mappings (hart_edu.memory;
@@ -226,8 +260,9 @@ def _generate_pixels(args: argparse.Namespace, request, weights: Path, quirks, d
     if args.quantize == "int8":
         quantize_pipeline_int8_(pipe.text_encoder.model, pipe.transformer)
     out = pipe(
-        request.prompts, cfg=request.cfg, top_k=request.top_k or None, top_p=request.top_p or None,
-        more_smooth=args.more_smooth, seed=args.seed, residual=args.residual,
+        request.prompts, cfg=request.cfg, top_k=request.top_k, top_p=request.top_p,
+        more_smooth=sampling.more_smooth, seed=args.seed, residual=sampling.residual, greedy=sampling.greedy,
+        diffusion_temperature=sampling.diffusion_temperature,
         num_images_per_prompt=request.num_images_per_prompt, quirks=quirks, progress=args.progress,
     )
     if args.grid:

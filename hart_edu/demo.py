@@ -5,6 +5,8 @@
 diffusion and the VAE decode), checks each against its caption with the scenes' automatic
 checker, and writes a grid whose titles are black when every attribute is right, red if not.
 The captions are held out: the model never saw these compositions during training.
+The sampling settings are the tree's ``generation_config.json`` (else the official defaults;
+see :mod:`hart_edu.generation_config`); ``cfg`` (``--cfg``) overrides its guidance scale.
 
 :func:`tokenizer_main` (``hart-edu demo --tokenizer``): the hybrid tokenizer on a photo and on
 held-out scenes, side by side. Columns: the original, its discrete-only reconstruction (the indices alone) and its hybrid
@@ -99,19 +101,33 @@ def demo_scenes(n: int) -> list:
 
 def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int = 12, seed: int = 0,
          cfg: float | None = None) -> int:
-    """Text to image with the tiny HART: a grid of ``n`` held-out captions, per-image time."""
+    """Text to image with the tiny HART: a grid of ``n`` held-out captions, per-image time.
+    ``cfg`` None: the guidance scale of the tree's generation_config (as every other setting)."""
     import time
 
-    from hart_edu.eval import DEFAULT_CFG, pipeline_generator, save_grid
+    from hart_edu.eval import pipeline_generator, save_grid
+    from hart_edu.generation_config import GENERATION_CONFIG
     from hart_edu.sampler import HARTPipeline
 
     out = check_png_out(out)
     if n < 1:
         raise ValueError(f"the demo needs at least one image, got n={n}")
-    pipe = HARTPipeline.from_pretrained(weights if weights is not None else TINY_WEIGHTS)
+    root = Path(weights if weights is not None else TINY_WEIGHTS)
+    pipe = HARTPipeline.from_pretrained(root)
     scenes = demo_scenes(n)
-    cfg = DEFAULT_CFG if cfg is None else cfg
-    generate = pipeline_generator(pipe, cfg, residual=True, generator=torch.Generator().manual_seed(seed))
+    settings = pipe.generation_config.override(cfg=cfg)
+    # diffusion_temperature is not an argument of pipeline_generator: the pipeline's call takes
+    # it from the same generation_config (an argument left out means the config's value).
+    generate = pipeline_generator(
+        pipe, settings.cfg, residual=settings.residual, generator=torch.Generator().manual_seed(seed),
+        more_smooth=settings.more_smooth, top_k=settings.top_k or 0, top_p=settings.top_p or 0.0,
+        greedy=settings.greedy,
+    )
+    source = (f"{root / GENERATION_CONFIG}" if (root / GENERATION_CONFIG).is_file()
+              else f"the official defaults: {root} has no {GENERATION_CONFIG}")
+    print(f"sampling: cfg {settings.cfg:g}{' (--cfg)' if cfg is not None else ''}, top-k {settings.top_k or 'off'}, "
+          f"top-p {settings.top_p or 'off'}, more_smooth {settings.more_smooth}, greedy {settings.greedy}, "
+          f"residual {settings.residual}, diffusion temperature {settings.diffusion_temperature:g} ({source})")
     generate(scenes[:1])  # warm-up: first-call allocations are not what a user waits for
     images, seconds = [], []
     for scene in scenes:

@@ -24,7 +24,11 @@ The defaults are sample.py's: EMA weights, the official system prompt, a text le
 to the config's ``context_token`` (sample.py's ``--max_token_length`` 300 is the released
 model's context_token), ``cfg=4.5``, ``more_smooth=True``, seed 1, no top-k/top-p from the
 caller (and the official top-k override, see :class:`~hart_edu.generation.OfficialQuirks`),
-one MaskGIT round and the residual diffusion on.
+one MaskGIT round and the residual diffusion on. A weights tree may carry its own sampling
+defaults in ``generation_config.json`` (:mod:`hart_edu.generation_config`):
+:meth:`HARTPipeline.from_pretrained` reads them into :attr:`HARTPipeline.generation_config`,
+and a call uses them for every sampling argument it leaves out (an explicit argument wins). A
+tree without the file, like the released model's, keeps sample.py's values above.
 
 Pixels are made as sample.py saves them: ``uint8(255 x)`` truncates (numpy ``astype``), it
 does not round; the grid is torchvision's ``make_grid(nrow=12, padding=2)`` converted to
@@ -69,6 +73,14 @@ from typing import Any
 import torch
 
 from hart_edu.ar_transformer import HARTTransformer
+from hart_edu.generation_config import (
+    MAX_CFG,
+    GenerationConfig,
+    check_cfg,
+    check_top_k,
+    check_top_p,
+    read_generation_config,
+)
 from hart_edu.generation import (
     OFFICIAL,
     GenerationResult,
@@ -117,7 +129,6 @@ __all__ = [
     "GRID_COLUMNS",
 ]
 
-MAX_CFG = 50.0  # a sanity bound: sample.py uses 4.5; far beyond, guidance only amplifies noise
 DEFAULT_SEED = 1  # sample.py's --seed default
 GRID_COLUMNS = 12  # sample.py's make_grid(nrow=12)
 GRID_PADDING = 2  # torchvision make_grid's default padding (black)
@@ -154,28 +165,16 @@ def check_sample_request(
     """Raise a ValueError naming the bad argument, or return the normalised request.
 
     ``prompts``: one string or a non-empty sequence of strings. ``cfg`` finite, in
-    [0, MAX_CFG]. ``top_k``: None or 0 (off) or a positive int. ``top_p``: None (off) or in
-    (0, 1]. ``num_images_per_prompt`` >= 1.
+    [0, MAX_CFG]. ``top_k``: None or 0 (off) or a positive int. ``top_p``: None or 0 (off) or
+    in (0, 1]. ``num_images_per_prompt`` >= 1. (The checks of cfg, top_k and top_p are
+    :mod:`hart_edu.generation_config`'s, the same that a ``generation_config.json`` gets.)
     """
     prompts = check_prompts([prompts] if isinstance(prompts, str) else prompts)
-    if not isinstance(cfg, numbers.Real) or isinstance(cfg, bool) or not math.isfinite(cfg):
-        raise ValueError(f"cfg={cfg!r} must be a finite number in [0, {MAX_CFG:g}]")
-    if not 0.0 <= cfg <= MAX_CFG:
-        raise ValueError(f"cfg={cfg!r} is out of range: use a value in [0, {MAX_CFG:g}] (sample.py uses 4.5)")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
-        raise ValueError(f"top_k={top_k!r} must be None, 0 (off) or a positive integer")
-    if top_p is not None and (
-        not isinstance(top_p, numbers.Real) or isinstance(top_p, bool) or not 0.0 < top_p <= 1.0
-    ):
-        raise ValueError(f"top_p={top_p!r} must be None (off) or in (0, 1]")
+    cfg, top_k, top_p = check_cfg(cfg), check_top_k(top_k), check_top_p(top_p)
     if not _is_int(num_images_per_prompt) or num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be a positive integer")
     return SampleRequest(
-        prompts=prompts,
-        cfg=float(cfg),
-        top_k=int(top_k or 0),
-        top_p=float(top_p or 0.0),
-        num_images_per_prompt=int(num_images_per_prompt),
+        prompts=prompts, cfg=cfg, top_k=top_k, top_p=top_p, num_images_per_prompt=int(num_images_per_prompt)
     )
 
 
@@ -295,10 +294,13 @@ class HARTPipeline:
     """
 
     def __init__(self, text_encoder: TextEncoder, transformer: HARTTransformer, tokenizer: HybridTokenizer,
-                 *, backend: str = "reference", release_text_encoder: bool = False):
+                 *, backend: str = "reference", release_text_encoder: bool = False,
+                 generation_config: GenerationConfig | None = None):
         """``backend``: the kernel backend every call runs with (see :attr:`backend`).
         ``release_text_encoder``: free the text encoder's weights once the first call has
-        encoded its prompts (see the module's "Low memory"; later calls raise)."""
+        encoded its prompts (see the module's "Low memory"; later calls raise).
+        ``generation_config``: the sampling defaults of the calls (see
+        :attr:`generation_config`; None: the official ones, ``GenerationConfig()``)."""
         T, D = transformer.config.context_token, transformer.config.context_dim
         if text_encoder.max_length != T:
             raise ValueError(
@@ -313,6 +315,13 @@ class HARTPipeline:
             )
         if not isinstance(release_text_encoder, bool):
             raise ValueError(f"release_text_encoder={release_text_encoder!r} must be True or False")
+        if generation_config is None:
+            generation_config = GenerationConfig()
+        if not isinstance(generation_config, GenerationConfig):
+            raise ValueError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
+        # What a call uses for each sampling argument it leaves out (or passes as None):
+        # the tree's generation_config.json with from_pretrained, else the official defaults.
+        self.generation_config = generation_config
         self.text_encoder, self.transformer, self.tokenizer = text_encoder, transformer, tokenizer
         self.backend = backend
         self.release_text_encoder = release_text_encoder
@@ -372,11 +381,15 @@ class HARTPipeline:
         ``backend``: "reference" or "triton" (see :attr:`backend`).
         ``release_text_encoder``: free the text encoder after the first call's prompts are
         encoded (one call per pipeline, a lower peak; see the module's "Low memory").
+        The tree's ``generation_config.json``, when there is one, becomes
+        :attr:`generation_config`: the calls' sampling defaults (else the official ones; see
+        :mod:`hart_edu.generation_config`). It is read, strictly, before any weights load.
         """
         check_dtype(dtype)
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"HART weights folder not found: {root}")
+        generation_config = read_generation_config(root)
         for part in ("tokenizer", "llm"):
             if not (root / part / "config.json").is_file():
                 raise FileNotFoundError(
@@ -409,7 +422,8 @@ class HARTPipeline:
             tokenizer_folder=text_tokenizer,
             dtype=dtype,
         )
-        return cls(encoder, transformer, tokenizer, backend=backend, release_text_encoder=release_text_encoder)
+        return cls(encoder, transformer, tokenizer, backend=backend, release_text_encoder=release_text_encoder,
+                   generation_config=generation_config)
 
     @property
     def device(self) -> torch.device:
@@ -439,28 +453,36 @@ class HARTPipeline:
     def __call__(
         self,
         prompts: str | Sequence[str],
-        cfg: float = 4.5,
+        cfg: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        more_smooth: bool = True,
+        more_smooth: bool | None = None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
-        residual: bool = True,
+        residual: bool | None = None,
         num_images_per_prompt: int = 1,
         quirks: OfficialQuirks = OFFICIAL,
-        greedy: bool = False,
-        diffusion_temperature: float = 1.0,
+        greedy: bool | None = None,
+        diffusion_temperature: float | None = None,
         progress: bool = True,
         given_indices: Sequence[torch.Tensor] = (),
     ) -> HARTPipelineOutput:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
+        The sampling arguments ``cfg``, ``top_k``, ``top_p``, ``more_smooth``, ``residual``,
+        ``greedy`` and ``diffusion_temperature`` default to None: the pipeline's
+        :attr:`generation_config` (the tree's ``generation_config.json``, else the official
+        values cfg 4.5, top-k and top-p off, more_smooth and residual on, greedy off,
+        temperature 1); a value passed here wins.
+
         ``cfg``: guidance scale (ramped over the scales, see :mod:`hart_edu.generation`). ``top_k`` /
-        ``top_p``: filtering of the code distribution (None: off); with the official quirk
+        ``top_p``: filtering of the code distribution; 0 switches it off whatever the
+        generation_config says; with the official quirk
         ``top_k_override`` on, the official 600/300 replaces ``top_k`` (a warning says so).
         ``more_smooth``: Gumbel-softmax blends of codes (sample.py's default). ``residual``:
         the diffusion head's continuous residual (False: discrete tokens only, the official
-        ``final_stage=1``; ``SamplingSettings.residual``). ``greedy``: argmax codes. Randomness
+        ``final_stage=1``; ``SamplingSettings.residual``). ``greedy``: argmax codes.
+        ``diffusion_temperature``: of the diffusion head's sampling. Randomness
         comes only from ``generator``, or from a fresh generator seeded with ``seed`` (default 1).
         ``given_indices``: codes of the first scales, one int64 tensor (len(prompts) *
         num_images_per_prompt, p^2) per scale, rows prompt-major (a prompt's images together),
@@ -473,16 +495,18 @@ class HARTPipeline:
                 "the text encoder was released after the first call (release_text_encoder=True): "
                 "build a new pipeline to encode more prompts, or pass them all in one call"
             )
-        request = check_sample_request(prompts, cfg, top_k, top_p, num_images_per_prompt)
+        chosen = self.generation_config.override(  # None: the generation_config's; checked here
+            cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, greedy=greedy, residual=residual,
+            diffusion_temperature=diffusion_temperature,
+        )
+        request = check_sample_request(prompts, chosen.cfg, chosen.top_k, chosen.top_p, num_images_per_prompt)
         given_indices = check_given_indices(  # before the text encoder runs (and is maybe released)
             given_indices, self.transformer.config.patch_nums,
             len(request.prompts) * request.num_images_per_prompt, self.transformer.vocab_size)
         rng = _generator_from(seed, generator, self.device)
         used_seed = None if generator is not None else (DEFAULT_SEED if seed is None else int(seed))
-        if residual and not self.tokenizer.config.is_hybrid:
+        if chosen.residual and not self.tokenizer.config.is_hybrid:
             raise ValueError("residual=True needs a hybrid tokenizer (quantizer_type 'var_hybrid')")
-        if not isinstance(diffusion_temperature, numbers.Real) or not 0 < diffusion_temperature < math.inf:
-            raise ValueError(f"diffusion_temperature={diffusion_temperature!r} must be a positive finite number")
         if request.top_k and quirks.top_k_override:
             warnings.warn(
                 f"top_k={request.top_k} is ignored: the official code overrides it with 600/300 "
@@ -490,9 +514,9 @@ class HARTPipeline:
                 stacklevel=2,
             )
         settings = SamplingSettings(
-            cfg=request.cfg, top_k=request.top_k, top_p=request.top_p, greedy=greedy,
-            more_smooth=more_smooth, num_maskgit_iters=1, residual=residual,
-            diffusion_temperature=diffusion_temperature,
+            cfg=request.cfg, top_k=request.top_k, top_p=request.top_p, greedy=chosen.greedy,
+            more_smooth=chosen.more_smooth, num_maskgit_iters=1, residual=chosen.residual,
+            diffusion_temperature=chosen.diffusion_temperature,
         )
 
         # Each distinct prompt is encoded once; its rows are repeated for its images. The

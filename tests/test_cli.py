@@ -94,12 +94,15 @@ def test_prompt_file_grid_and_switches(tree, tmp_path):
 def test_booleans_can_be_switched_off():
     parser = cli.build_parser()
     on = parser.parse_args(["generate", "--prompt", "x"])
-    assert (on.more_smooth, on.residual, on.ema, on.grid, on.official_quirks) == (True, True, True, False, True)
+    assert (on.ema, on.grid, on.official_quirks) == (True, False, True)
     assert on.system_prompt is None  # the weights tree's choice (text_encoder.json), see HARTPipeline
+    # the sampling options: None = the weights' generation_config.json (see test_generation_config)
+    assert (on.more_smooth, on.residual, on.greedy, on.diffusion_temperature) == (None, None, None, None)
     off = parser.parse_args(["generate", "--prompt", "x", "--no-more-smooth", "--no-residual", "--no-ema",
-                             "--no-system-prompt", "--no-grid", "--no-official-quirks"])
-    assert not any((off.more_smooth, off.residual, off.ema, off.system_prompt, off.grid, off.official_quirks))
-    assert (on.seed, on.cfg, on.num_images, on.top_k, on.top_p) == (1, 4.5, 1, None, None)
+                             "--no-system-prompt", "--no-grid", "--no-official-quirks", "--no-greedy"])
+    assert [off.more_smooth, off.residual, off.ema, off.system_prompt, off.grid, off.official_quirks,
+            off.greedy] == [False] * 7
+    assert (on.seed, on.cfg, on.num_images, on.top_k, on.top_p) == (1, None, 1, None, None)
 
 
 def test_generate_and_run_real_take_the_same_cpu_arguments():
@@ -141,11 +144,12 @@ def bad_cases(tree: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "huge cfg": (["generate", *out, *p, "--cfg", "51"], "cfg"),
         "nan cfg": (["generate", *out, *p, "--cfg", "nan"], "cfg"),
         "cfg not a number": (["generate", *out, *p, "--cfg", "abc"], "invalid float"),
-        "top-p zero": (["generate", *out, *p, "--top-p", "0"], "top_p"),
+        "negative top-p": (["generate", *out, *p, "--top-p", "-0.1"], "top_p"),  # (0 is "off")
         "top-p above one": (["generate", *out, *p, "--top-p", "1.5"], "top_p"),
         "negative top-k": (["generate", *out, *p, "--top-k", "-1"], "top_k"),
         "zero images": (["generate", *out, *p, "--num-images", "0"], "num_images"),
         "negative seed": (["generate", *out, *p, "--seed", "-3"], "seed"),
+        "zero diffusion temperature": (["generate", *out, *p, "--diffusion-temperature", "0"], "diffusion_temperature"),
         "missing weights": (["generate", *p, "--out", str(tmp / "out"), "--weights", str(tmp / "none")], "not found"),
         "tree without llm": (["generate", *p, "--out", str(tmp / "out"), "--weights", str(no_llm)], "no llm/"),
         "missing text encoder": (["generate", *out, *p, "--text-encoder", str(tmp / "none")], "text encoder"),
@@ -157,8 +161,8 @@ def bad_cases(tree: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 CASE_NAMES = [
     "no prompt", "prompt and prompt file", "non-UTF-8 prompt file", "missing prompt file", "blank prompt file",
-    "negative cfg", "huge cfg", "nan cfg", "cfg not a number", "top-p zero", "top-p above one",
-    "negative top-k", "zero images", "negative seed", "missing weights", "tree without llm",
+    "negative cfg", "huge cfg", "nan cfg", "cfg not a number", "negative top-p", "top-p above one",
+    "negative top-k", "zero images", "negative seed", "zero diffusion temperature", "missing weights", "tree without llm",
     "missing text encoder", "out is a file", "out named like an image",
 ]
 
@@ -210,11 +214,23 @@ def _generate_parser():
 
 def test_generate_help_states_the_parsers_real_defaults():
     """Every "(default: X)" in ``generate --help`` is what the parser really gives: on/off for
-    the switches, the value itself otherwise (options whose default is None explain theirs)."""
+    the switches, the value itself otherwise (options whose default is None explain theirs; the
+    sampling options' None is the weights' generation_config.json, else the official value)."""
     import re
+
+    from hart_edu.generation_config import GenerationConfig
 
     checked = 0
     for action in _generate_parser()._actions:
+        if action.dest in cli.SAMPLING_OPTIONS:
+            assert action.default is None, action.option_strings
+            stated = re.findall(r"default: the weights' generation_config\.json, else ([^;,)]+)",
+                                " ".join(action.help.split()))
+            official = getattr(GenerationConfig(), action.dest)
+            real = ("on" if official else "off") if official is None or isinstance(official, bool) else f"{official:g}"
+            assert stated and stated[-1].strip() == real, (action.option_strings, stated, real)
+            checked += 1
+            continue
         if action.help is None or action.default is None or action.default == "==SUPPRESS==":
             continue
         stated = re.findall(r"default: ([^;,)]+)", " ".join(action.help.split()))
@@ -222,7 +238,7 @@ def test_generate_help_states_the_parsers_real_defaults():
         real = ("on" if action.default else "off") if isinstance(action.default, bool) else str(action.default)
         assert stated[-1].strip() == real, (action.option_strings, stated[-1], real)
         checked += 1
-    assert checked >= 12
+    assert checked >= 18
 
 
 def test_generate_help_names_the_files_ema_and_text_encoder_really_read():

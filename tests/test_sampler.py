@@ -191,7 +191,6 @@ def test_ignored_top_k_is_announced(pipe, recwarn):
         (dict(cfg=50.5), "cfg"),
         (dict(cfg=float("nan")), "cfg"),
         (dict(cfg=float("inf")), "cfg"),
-        (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),
         (dict(top_p=-0.1), "top_p"),
         (dict(top_k=-1), "top_k"),
@@ -200,6 +199,8 @@ def test_ignored_top_k_is_announced(pipe, recwarn):
         (dict(seed=-1), "seed"),
         (dict(seed=1, generator=torch.Generator()), "not both"),
         (dict(diffusion_temperature=0.0), "diffusion_temperature"),
+        (dict(more_smooth=1), "more_smooth"),
+        (dict(greedy="yes"), "greedy"),
     ],
 )
 def test_bad_arguments_are_clear_value_errors(pipe, kwargs, match):
@@ -211,6 +212,8 @@ def test_bad_arguments_are_clear_value_errors(pipe, kwargs, match):
 def test_valid_edge_values_are_accepted():
     request = check_sample_request("w1", cfg=0, top_k=0, top_p=1.0, num_images_per_prompt=1)
     assert request.prompts == ["w1"] and (request.top_k, request.top_p) == (0, 1.0)
+    off = check_sample_request("w1", 4.5, 0, 0.0, 1)  # 0 is "off", said explicitly
+    assert (off.top_k, off.top_p) == (0, 0.0)
     assert check_sample_request(["a"], 50, None, None, 3).num_images_per_prompt == 3
 
 
