@@ -116,13 +116,7 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
     pipe = HARTPipeline.from_pretrained(root)
     scenes = demo_scenes(n)
     settings = pipe.generation_config.override(cfg=cfg)
-    # diffusion_temperature is not an argument of pipeline_generator: the pipeline's call takes
-    # it from the same generation_config (an argument left out means the config's value).
-    generate = pipeline_generator(
-        pipe, settings.cfg, residual=settings.residual, generator=torch.Generator().manual_seed(seed),
-        more_smooth=settings.more_smooth, top_k=settings.top_k or 0, top_p=settings.top_p or 0.0,
-        greedy=settings.greedy,
-    )
+    generate = pipeline_generator(pipe, settings, torch.Generator().manual_seed(seed))
     source = (f"{root / GENERATION_CONFIG}" if (root / GENERATION_CONFIG).is_file()
               else f"the official defaults: {root} has no {GENERATION_CONFIG}")
     print(f"sampling: cfg {settings.cfg:g}{' (--cfg)' if cfg is not None else ''}, top-k {settings.top_k or 'off'}, "

@@ -19,10 +19,9 @@ size included. The run ends with one line (the mean over ``--seeds``)::
 ``--split validation`` scores captions carved from the training split instead (never trained
 on, never the held-out ones): that is where sampling settings are chosen.
 
-Sampling defaults: ``cfg`` = :data:`DEFAULT_CFG` (chosen with ``--sweep``), codes drawn from
-the full guided distribution (the official top-k override keeps all 256 codes), no Gumbel
-smoothing (``more_smooth`` is a visualisation aid), the residual diffusion on, one
-``torch.Generator`` seeded with ``--seed`` for the whole run.
+Sampling settings: the weights' own (``generation_config.json``, chosen on the validation
+captions with ``--choose-settings``); each flag overrides one. One ``torch.Generator`` per seed
+drives a whole run.
 """
 
 from __future__ import annotations
@@ -37,12 +36,14 @@ from pathlib import Path
 
 import torch
 
-from hart_edu.data.scenes import SPLITS, Scene, heldout_scenes, score_images
+from hart_edu.data.scenes import Scene, heldout_scenes, score_images
+from hart_edu.generation_config import GenerationConfig, write_generation_config
 from hart_edu.images import to_model_range, to_output_range
 
 __all__ = [
     "ATTRIBUTES",
-    "DEFAULT_CFG",
+    "CANDIDATES",
+    "choose_settings",
     "SWEEP_CFGS",
     "EvalResult",
     "evaluate",
@@ -56,7 +57,6 @@ __all__ = [
 ]
 
 ATTRIBUTES = ("background", "shape_color", "shape_kind", "size", "position")
-DEFAULT_CFG = 3.0
 SWEEP_CFGS = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0)
 
 # A generator maps B scenes (only their captions may be used) to images (B, 3, H, W) in [-1, 1].
@@ -98,9 +98,37 @@ def eval_line(result: EvalResult, scores: dict[str, float] | None = None) -> str
 
 def mean_scores(results: Sequence[EvalResult]) -> dict[str, float]:
     """The mean of each score over several runs (e.g. seeds) of the same captions."""
-    if not results:
+    return mean_scores_of([r.scores for r in results])
+
+
+def mean_scores_of(scores: Sequence[dict[str, float]]) -> dict[str, float]:
+    if not scores:
         raise ValueError("no results to average")
-    return {k: sum(r.scores[k] for r in results) / len(results) for k in results[0].scores}
+    return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
+
+
+# The sampling settings --choose-settings tries (on the validation captions): guidance scales,
+# each with plain sampling, top-k 20, and greedy argmax; no Gumbel smoothing (a visualisation
+# aid), the residual diffusion on, the diffusion head at temperature 1.
+CANDIDATES: tuple[GenerationConfig, ...] = tuple(
+    GenerationConfig(cfg=cfg, more_smooth=False, residual=True, **mode)
+    for cfg in (1.0, 2.0, 3.0, 4.5, 6.0)
+    for mode in ({}, {"top_k": 20}, {"greedy": True}))
+
+
+def choose_settings(score: Callable[[GenerationConfig], dict[str, float]], record: Path,
+                    about: dict, candidates: Sequence[GenerationConfig] = CANDIDATES) -> GenerationConfig:
+    """Score each candidate with ``score`` (its mean scores), keep the best ``overall`` (every
+    attribute right; ties: the earlier candidate), and write every row to ``record`` (JSON)."""
+    rows = []
+    for c in candidates:
+        scores = score(c)
+        rows.append({"settings": c.to_dict(), "scores": scores})
+        print(f"{c.cfg:>4g} top_k={c.top_k or 0:<3} greedy={c.greedy!s:<5} " +
+              " ".join(f"{k}={scores[k]:.3f}" for k in ATTRIBUTES + ("overall",)), flush=True)
+    best = max(range(len(rows)), key=lambda i: (rows[i]["scores"]["overall"], -i))
+    record.write_text(json.dumps({**about, "candidates": rows, "chosen": best}, indent=2) + "\n")
+    return candidates[best]
 
 
 def scores_by_shape_count(result: EvalResult) -> dict[int, dict[str, float]]:
@@ -125,19 +153,19 @@ def render_generator(size: int = 64) -> Generator:
     return lambda scenes: torch.stack([render(scene, size) for scene in scenes])
 
 
-def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Generator,
-                       more_smooth: bool = False, top_k: int = 0, top_p: float = 0.0,
-                       greedy: bool = False, given_scales: int = 0) -> Generator:
-    """Images from the pipeline for the scenes' captions, all draws from ``generator``.
+def pipeline_generator(pipe, settings: "GenerationConfig", generator: torch.Generator,
+                       given_scales: int = 0) -> Generator:
+    """Images from the pipeline for the scenes' captions with the sampling ``settings`` (every
+    field passed explicitly), all draws from ``generator``.
 
-    ``top_k`` > 0 switches the official top-k override off so that the given k is used.
+    A ``top_k`` switches the official top-k override off so that the given k is used.
     ``given_scales`` = k > 0: the first k scales are not sampled but taken from the tokenizer's
     encoding of the scene itself (drawn with :func:`hart_edu.data.scenes.render`); the model
     generates the rest. Sweeping k shows at which scale the prompt gets lost."""
     from hart_edu.generation import OfficialQuirks
     from hart_edu.data.scenes import render
 
-    quirks = OfficialQuirks(top_k_override=not top_k)
+    quirks = OfficialQuirks(top_k_override=not settings.top_k)
 
     def generate(scenes: Sequence[Scene]) -> torch.Tensor:
         given = ()
@@ -146,8 +174,9 @@ def pipeline_generator(pipe, cfg: float, residual: bool, generator: torch.Genera
             images_B3HW = torch.stack([render(s, size) for s in scenes]).to(pipe.device, pipe.dtype)
             with torch.no_grad(), pipe.autocast():
                 given = [idx.to(pipe.device) for idx in pipe.tokenizer.encode(images_B3HW).idx_Bl[:given_scales]]
-        out = pipe([s.caption for s in scenes], cfg=cfg, residual=residual, more_smooth=more_smooth,
-                   top_k=top_k or None, top_p=top_p or None, greedy=greedy, quirks=quirks,
+        out = pipe([s.caption for s in scenes], cfg=settings.cfg, residual=settings.residual,
+                   more_smooth=settings.more_smooth, top_k=settings.top_k or 0, top_p=settings.top_p or 0.0,
+                   greedy=settings.greedy, diffusion_temperature=settings.diffusion_temperature, quirks=quirks,
                    generator=generator, progress=False, given_indices=given)
         return to_model_range(out.image_B3HW)  # the checker reads [-1, 1]
 
@@ -230,20 +259,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=("heldout", "validation"), default="heldout",
                    help="held-out captions (default; the test), or the validation captions carved "
                         "from training (where sampling settings are chosen)")
-    p.add_argument("--cfg", type=float, default=DEFAULT_CFG, help=f"guidance scale (default {DEFAULT_CFG})")
-    p.add_argument("--no-residual", action="store_true", help="discrete tokens only (no diffusion head)")
-    p.add_argument("--more-smooth", action="store_true", help="Gumbel-smoothed codes (sample.py's default)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0: all)")
-    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0: off)")
-    p.add_argument("--greedy", action="store_true", help="argmax codes at every scale")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="guidance scale (default: the weights' generation_config.json, else 4.5)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="the diffusion head's residual (default: the weights' generation_config.json)")
+    p.add_argument("--more-smooth", action=argparse.BooleanOptionalAction, default=None,
+                   help="Gumbel-smoothed codes (default: the weights' generation_config.json)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes (0: all; default: the config's)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (0: off; default: the config's)")
+    p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
+                   help="argmax codes at every scale (default: the config's)")
     p.add_argument("--sweep", action="store_true", help=f"also score cfg in {SWEEP_CFGS} and plot it")
     p.add_argument("--given-scales", action="store_true",
                    help="also score with the first k scales taken from each scene's own encoding, "
                         "k = 0 .. S-1, and plot it (where is the prompt lost?)")
+    p.add_argument("--choose-settings", action="store_true",
+                   help="score every candidate of CANDIDATES on --split validation, write the best "
+                        "(by all=) to the weights' generation_config.json and the table to OUT/choice.json")
     p.add_argument("--seeds", default="0",
                    help="seeds of the sampling generator, comma-separated (default 0); the line "
                         "and eval.json give the mean over them")
-    p.add_argument("--scene-seed", type=int, default=0, help="seed of the held-out caption list")
+    p.add_argument("--scene-seed", type=int, default=0, help="seed of the caption list")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="where the grid, JSON and plots go")
     args = p.parse_args(argv)
@@ -253,63 +289,74 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         p.error(f"--seeds must be integers separated by commas, got {args.seeds!r}")
+    if args.choose_settings and args.split != "validation":
+        p.error("--choose-settings chooses on the validation captions: add --split validation")
 
     from hart_edu.sampler import HARTPipeline
 
     pipe = HARTPipeline.from_pretrained(args.weights)  # finds the tiny tree's text encoder itself
+    try:
+        settings = pipe.generation_config.override(cfg=args.cfg, residual=args.residual, more_smooth=args.more_smooth,
+                                                   top_k=args.top_k, top_p=args.top_p, greedy=args.greedy)
+    except ValueError as err:
+        p.error(str(err))
     scenes = heldout_scenes(args.n, seed=args.scene_seed, split=args.split)
     args.out.mkdir(parents=True, exist_ok=True)
-    residual = not args.no_residual
 
-    def run(cfg: float, given_scales: int = 0, seed: int = seeds[0]) -> EvalResult:
-        g = torch.Generator().manual_seed(seed)
-        gen = pipeline_generator(pipe, cfg, residual, g, more_smooth=args.more_smooth, top_k=args.top_k,
-                                 top_p=args.top_p, greedy=args.greedy, given_scales=given_scales)
+    def run(settings: GenerationConfig, given_scales: int = 0, seed: int = seeds[0]) -> EvalResult:
+        gen = pipeline_generator(pipe, settings, torch.Generator().manual_seed(seed), given_scales)
         with torch.no_grad():
             return evaluate(gen, scenes, args.batch_size)
 
-    report: dict = {"weights": display_path(args.weights), "split": args.split, "n": args.n,
-                    "residual": residual, "seeds": seeds,
-                    "more_smooth": args.more_smooth, "top_k": args.top_k, "top_p": args.top_p,
-                    "greedy": args.greedy}
+    if args.choose_settings:
+        best = choose_settings(lambda s: mean_scores([run(s, seed=seed) for seed in seeds]), args.out / "choice.json",
+                               {"weights": display_path(args.weights), "split": args.split, "n": args.n,
+                                "seeds": seeds})
+        path = write_generation_config(
+            args.weights, best, note="chosen by python -m hart_edu.eval --choose-settings: the best all= of "
+                                     f"{len(CANDIDATES)} candidates (see reports/validation/choice.json)",
+            chosen_on=f"{args.n} validation captions (carved from training, never the held-out ones), "
+                      f"seeds {args.seeds}")
+        print(f"wrote {display_path(path)}")
+        return 0
+
+    report: dict = {"weights": display_path(args.weights), "split": args.split, "n": args.n, "seeds": seeds,
+                    "settings": settings.to_dict()}
     if args.sweep:
         sweep = []
         for cfg in SWEEP_CFGS:
-            r = run(cfg)
+            r = run(settings.override(cfg=cfg))
             print(f"cfg {cfg:>4}: " + " ".join(f"{k}={r.scores[k]:.3f}" for k in ATTRIBUTES + ("overall",)))
             sweep.append({"cfg": cfg, "scores": r.scores})
         save_sweep(sweep, args.out / "cfg_sweep.png")
         report["sweep"] = sweep
         print(f"wrote {args.out / 'cfg_sweep.png'}")
 
-    result = run(args.cfg)  # the plain run: also the sweep's k = 0
+    result = run(settings)  # the plain run: also the sweep's k = 0
     if args.given_scales:
         rows = []
         for k in range(len(pipe.transformer.config.patch_nums)):
-            r = result if k == 0 else run(args.cfg, given_scales=k)
+            r = result if k == 0 else run(settings, given_scales=k)
             print(f"given scales {k}: " + " ".join(f"{n}={r.scores[n]:.3f}" for n in ATTRIBUTES + ("overall",)))
             rows.append({"given_scales": k, "scores": r.scores})
         save_sweep(rows, args.out / "given_scales.png", key="given_scales",
                    xlabel="scales taken from the scene's own codes (the rest generated)",
-                   title=f"where the prompt is lost (cfg {args.cfg:g})")
+                   title=f"where the prompt is lost (cfg {settings.cfg:g})")
         report["given_scales"] = rows
         print(f"wrote {args.out / 'given_scales.png'}")
 
-    results = [result] + [run(args.cfg, seed=seed) for seed in seeds[1:]]
+    results = [result] + [run(settings, seed=seed) for seed in seeds[1:]]
     scores = mean_scores(results)
     by_count = [scores_by_shape_count(r) for r in results]
-    label = f"cfg={args.cfg:g}, residual {'on' if residual else 'off'}, {len(seeds)} seed(s)"
+    label = f"cfg={settings.cfg:g}, residual {'on' if settings.residual else 'off'}, {len(seeds)} seed(s)"
     print_table(result, label, scores)
     save_grid(result.images_B3HW, result.scenes, args.out / "samples.png")
-    report.update({
-        "cfg": args.cfg, "scores": scores, "scores_per_seed": [r.scores for r in results],
-        "one_shape": {"n": sum(len(s.shapes) == 1 for s in scenes),
-                      "scores": {k: sum(b[1][k] for b in by_count) / len(by_count) for k in by_count[0][1]}}
-        if all(1 in b for b in by_count) else None,
-        "two_shape": {"n": sum(len(s.shapes) == 2 for s in scenes),
-                      "scores": {k: sum(b[2][k] for b in by_count) / len(by_count) for k in by_count[0][2]}}
-        if all(2 in b for b in by_count) else None,
-        "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(result, scores)})
+    for count, name in ((1, "one_shape"), (2, "two_shape")):
+        report[name] = ({"n": sum(len(s.shapes) == count for s in scenes),
+                         "scores": mean_scores_of([b[count] for b in by_count])}
+                        if all(count in b for b in by_count) else None)
+    report.update({"scores": scores, "scores_per_seed": [r.scores for r in results],
+                   "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(result, scores)})
     (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
     print(eval_line(result, scores))

