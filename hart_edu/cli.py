@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     demo.add_argument("--cfg", type=float, default=None,
                       help=f"guidance scale (default: the weights' {GENERATION_CONFIG}, else {GenerationConfig().cfg:g})")
+    demo.add_argument("--record", default=None, metavar="JSON",
+                      help="also write what was measured (correct captions, time, clean backgrounds, CPU) to this file")
     demo.add_argument("--tokenizer", action="store_true",
                       help="instead: tokenize a photo and held-out scenes, discrete-only vs hybrid")
     add_generate_parser(sub)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.tokenizer:
                 return demo.tokenizer_main(args.out, args.weights)
-            return demo.main(args.out, args.weights, n=args.n, seed=args.seed, cfg=args.cfg)
+            return demo.main(args.out, args.weights, n=args.n, seed=args.seed, cfg=args.cfg, record=args.record)
         if args.command == "generate":
             return generate_main(args)
         return args.run(args)  # a SUBCOMMAND_MODULES command: add_parser set run= as its default

@@ -100,10 +100,16 @@ def demo_scenes(n: int) -> list:
 
 
 def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int = 12, seed: int = 0,
-         cfg: float | None = None) -> int:
-    """Text to image with the tiny HART: a grid of ``n`` held-out captions, per-image time.
-    ``cfg`` None: the guidance scale of the tree's generation_config (as every other setting)."""
+         cfg: float | None = None, record: str | Path | None = None) -> int:
+    """Text to image with the tiny HART: a grid of ``n`` held-out captions, per-image time, and
+    how clean each background is (:func:`hart_edu.data.scenes.clean_background_share`).
+    ``cfg`` None: the guidance scale of the tree's generation_config (as every other setting).
+    ``record``: also write what was measured to this JSON file (with the CPU it ran on)."""
+    import json
     import time
+
+    from hart_edu.cpu_dtype import cpu_features
+    from hart_edu.data.scenes import BACKGROUND_TOLERANCE, clean_background_share
 
     from hart_edu.eval import pipeline_generator, save_grid
     from hart_edu.generation_config import GENERATION_CONFIG
@@ -130,12 +136,25 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
         seconds.append(time.perf_counter() - t0)
     images_B3HW = torch.cat(images)
     correct = [check_image(img, scene).correct for img, scene in zip(images_B3HW, scenes)]
+    clean = [clean_background_share(img, scene) for img, scene in zip(images_B3HW, scenes)]
     save_grid(images_B3HW, scenes, out, count=n, columns=min(n, 6))
-    for scene, ok, t in zip(scenes, correct, seconds):
-        print(f"{'ok  ' if ok else 'MISS'} {t:5.3f} s  {scene.caption}")
+    for scene, ok, t, c in zip(scenes, correct, seconds, clean):
+        print(f"{'ok  ' if ok else 'MISS'} {t:5.3f} s  background {c:6.1%} clean  {scene.caption}")
     median = sorted(seconds)[len(seconds) // 2]
-    print(f"demo: {n} images of {images_B3HW.shape[-1]}px, batch 1, {torch.get_num_threads()} CPU thread(s): "
+    threads = torch.get_num_threads()
+    print(f"demo: {n} images of {images_B3HW.shape[-1]}px, batch 1, {threads} CPU thread(s): "
           f"median {median:.3f} s per image (min {min(seconds):.3f}, max {max(seconds):.3f}); "
-          f"{sum(correct)}/{n} follow every word of their caption (automatic check)")
+          f"{sum(correct)}/{n} follow every word of their caption (automatic check); backgrounds "
+          f"{sum(clean) / n:.1%} clean on average (worst {min(clean):.1%}: pixels within RGB distance "
+          f"{BACKGROUND_TOLERANCE:g} of the named colour)")
     print(f"wrote {out}")
+    if record is not None:
+        Path(record).write_text(json.dumps({
+            "n": n, "seed": seed, "settings": settings.to_dict(), "correct": sum(correct),
+            "median_seconds_per_image": round(median, 4), "threads": threads, "cpu": cpu_features().as_dict(),
+            "clean_background_mean": sum(clean) / n, "clean_background_min": min(clean),
+            "background_tolerance": BACKGROUND_TOLERANCE,
+            "images": [{"caption": s.caption, "correct": ok, "clean_background": c, "seconds": round(t, 4)}
+                       for s, ok, c, t in zip(scenes, correct, clean, seconds)]}, indent=2) + "\n")
+        print(f"wrote {record}")
     return 0

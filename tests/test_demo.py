@@ -27,6 +27,18 @@ def test_text_to_image_demo_writes_a_grid_and_times_each_image(tmp_path, capsys)
     lines = [line for line in printed.splitlines() if line.startswith(("ok  ", "MISS"))]
     assert len(lines) == 3 and len({line.split(" s  ")[1] for line in lines}) == 3  # distinct captions
     assert "demo: 3 images of 64px, batch 1" in printed and "per image" in printed
+    assert "clean on average" in printed
+
+
+def test_text_to_image_demo_record(tmp_path):
+    import json
+
+    out, record = tmp_path / "demo.png", tmp_path / "demo.json"
+    assert main(["demo", "--n", "2", "--out", str(out), "--record", str(record)]) == 0
+    data = json.loads(record.read_text())
+    assert data["n"] == 2 and 0 <= data["correct"] <= 2 and len(data["images"]) == 2
+    assert 0.0 <= data["clean_background_min"] <= data["clean_background_mean"] <= 1.0
+    assert data["median_seconds_per_image"] > 0 and data["cpu"]["torch capability"]
 
 
 def test_demo_with_a_wrong_weights_path_is_a_clear_error(tmp_path, capsys):
