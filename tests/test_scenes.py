@@ -243,3 +243,11 @@ def test_clean_background_share(heldout200):
     assert S.clean_background_share(faint.clamp(-1, 1), scene) < 0.99
     with pytest.raises(ValueError, match="expected an image"):
         S.clean_background_share(img[0], scene)
+
+
+def test_train_plus_validation_is_every_caption_not_held_out():
+    """The tokenizer's split (its data as before the validation split existed): the original rule."""
+    data = SceneDataset("train+validation", length=300, layout="free")
+    scenes = [data.scene(i) for i in range(300)]
+    assert not any(is_heldout(s) for s in scenes)
+    assert {S.caption_split(s) for s in scenes} == {"train", "validation"}

@@ -40,6 +40,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hart_edu.data.scenes import SceneDataset
+
+# The shipped tokenizer was trained before the relation layout and the validation split existed:
+# on free-layout scenes of every caption that is not held out. These keep its command reproducing it.
+TOKENIZER_LAYOUT = "free"
+TOKENIZER_SPLIT = "train+validation"
 from hart_edu.hybrid_tokenizer import HybridTokenizer, TokenizerConfig
 from hart_edu.images import psnr
 from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr, write_report
@@ -80,7 +85,7 @@ class TrainSettings:
 def evaluate(tok: HybridTokenizer, n: int = 256, seed: int = 1, batch_size: int = 64) -> dict:
     """Held-out PSNR (discrete-only vs hybrid) and codebook usage per scale."""
     tok.eval()
-    data = SceneDataset("heldout", size=tok.config.image_size, length=n, seed=seed)
+    data = SceneDataset("heldout", size=tok.config.image_size, length=n, seed=seed, layout=TOKENIZER_LAYOUT)
     psnr_d, psnr_h, idx_per_scale = [], [], [[] for _ in tok.config.v_patch_nums]
     for start in range(0, n, batch_size):
         img_B3HW = torch.stack([data[i].image_3HW for i in range(start, min(n, start + batch_size))])
@@ -144,7 +149,8 @@ def train(out: Path, run: Path, s: TrainSettings, resume: bool = False,
     if s.freeze_encoder:  # the discrete tokens stay exactly as phase 1 made them
         for module in (tok.encoder, tok.quant_conv, tok.quantizer):
             module.requires_grad_(False)
-    data = SceneDataset("train", size=s.image_size, length=s.train_examples, seed=s.seed)
+    data = SceneDataset(TOKENIZER_SPLIT, size=s.image_size, length=s.train_examples, seed=s.seed,
+                        layout=TOKENIZER_LAYOUT)
     tok.train()
     bar = tqdm(total=s.steps, initial=step, desc="tokenizer", unit="step")
     t0 = time.time()
