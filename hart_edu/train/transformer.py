@@ -573,7 +573,7 @@ def save_scale_curves(report: dict, history: list[dict], path: Path) -> None:
     rows = [h for h in history if "ce_scales" in h]
     if not rows:
         return
-    patch_nums = report["settings"].get("patch_nums") or report.get("patch_nums")
+    patch_nums = report.get("patch_nums")  # written by main(); a report without it labels scales by index
     steps = [h["step"] for h in rows]
     w = max(1, len(rows) // 50)
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
