@@ -24,6 +24,13 @@ def pytest_sessionstart(session):
 
 
 @pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where device-aware tests put their tensors: the CUDA device when there is one (the
+    kernels then run compiled), else the CPU (the kernels run in Triton's interpreter)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not golden_available():
         pytest.skip(f"golden fixtures not found at {GOLDEN_DIR} (set HART_EDU_GOLDEN)")

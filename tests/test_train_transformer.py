@@ -227,3 +227,27 @@ def test_the_relation_layout_leaves_the_2x2_scale_less_to_choose():
     assert scale_entropy_floor(tok, 1, captions=4, per_caption=1)["entropy_nats"] == 0.0
     with pytest.raises(ValueError, match="scale must be >= 1"):
         scale_entropy_floor(tok, 0)
+
+
+def test_encoding_with_worker_processes_gives_the_same_tensors(tokenizer_folder):
+    from hart_edu.train.transformer import encode_scenes, load_scene_text_encoder
+
+    tok = HybridTokenizer.from_pretrained(tokenizer_folder)
+    text = load_scene_text_encoder(20)
+    here = encode_scenes(tok, text, 24, seed=3, batch_size=8, progress=False)
+    pooled = encode_scenes(tok, text, 24, seed=3, batch_size=8, progress=False, workers=2)
+    assert here.captions == pooled.captions
+    for a, b in zip(here, pooled):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+
+
+def test_training_on_the_device_keeps_everything_there(tokenizer_folder, tmp_path, device):
+    result = train(tokenizer_folder, tmp_path / "run", small_settings(steps=3), progress=False, device=device)
+    assert all(p.device.type == torch.device(device).type for p in result.model.parameters())
+    assert all(v.device.type == torch.device(device).type for v in result.ema_state.values())
+    assert all(torch.isfinite(torch.tensor([h["loss"] for h in result.history])))
+    save_pretrained(result, tmp_path / "llm", dtype=torch.bfloat16)  # saved from the CPU copies
+    second = train(tokenizer_folder, tmp_path / "next", small_settings(steps=1), progress=False,
+                   init_from=tmp_path / "llm", device=device)  # reads the bfloat16 EMA file
+    assert len(second.history) == 1

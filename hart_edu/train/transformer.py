@@ -239,18 +239,23 @@ class EncodedScenes(NamedTuple):
 @torch.no_grad()
 def encode_scenes(tok: HybridTokenizer, text: TextEncoder, n: int, seed: int,
                   batch_size: int = 256, progress: bool = True, two_shape_prob: float = 0.5,
-                  layout: str = "relation") -> EncodedScenes:
-    """Encode the first ``n`` training scenes (seed ``seed``) with the frozen models."""
+                  layout: str = "relation", workers: int = 0) -> EncodedScenes:
+    """Encode the first ``n`` training scenes (seed ``seed``) with the frozen models.
+
+    The images are drawn by ``workers`` processes (0: in this one; every scene is a function of
+    its index, so the result is the same) and encoded on the tokenizer's device; the encodings
+    come back on the CPU."""
     data = SceneDataset("train", size=tok.config.image_size, length=n, seed=seed, two_shape_prob=two_shape_prob,
                         layout=layout)
+    batches = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=list)
+    device = next(tok.parameters()).device
     p_last = tok.config.v_patch_nums[-1]
     idx, xs, residuals, caption_ids, captions, index_of = [], [], [], [], [], {}
-    for start in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress, leave=False):
-        samples = [data[i] for i in range(start, min(n, start + batch_size))]
-        enc = tok.encode(torch.stack([s.image_3HW for s in samples]))
-        idx.append(torch.cat(enc.idx_Bl, dim=1))
-        xs.append(tok.quantizer.teacher_forcing_inputs(enc.idx_Bl))
-        residuals.append(enc.residual_BChw.flatten(2).transpose(1, 2).reshape(len(samples), p_last * p_last, -1))
+    for samples in tqdm(batches, desc="encode images", disable=not progress, leave=False):
+        enc = tok.encode(torch.stack([s.image_3HW for s in samples]).to(device))
+        idx.append(torch.cat(enc.idx_Bl, dim=1).cpu())
+        xs.append(tok.quantizer.teacher_forcing_inputs(enc.idx_Bl).cpu())
+        residuals.append(enc.residual_BChw.flatten(2).transpose(1, 2).reshape(len(samples), p_last * p_last, -1).cpu())
         for s in samples:
             caption_ids.append(index_of.setdefault(s.caption, len(index_of)))
     captions = list(index_of)
@@ -260,9 +265,9 @@ def encode_scenes(tok: HybridTokenizer, text: TextEncoder, n: int, seed: int,
     return EncodedScenes(
         idx_NK=torch.cat(idx), x_NLC=torch.cat(xs), residual_NlC=torch.cat(residuals),
         caption_N=torch.tensor(caption_ids, dtype=torch.int64),
-        context_UTD=torch.cat([e.context_BTD for e in encodings]),
-        mask_UT=torch.cat([e.mask_BT for e in encodings]),
-        position_ids_UT=torch.cat([e.position_ids_BT for e in encodings]),
+        context_UTD=torch.cat([e.context_BTD.cpu() for e in encodings]),
+        mask_UT=torch.cat([e.mask_BT.cpu() for e in encodings]),
+        position_ids_UT=torch.cat([e.position_ids_BT.cpu() for e in encodings]),
         captions=captions,
     )
 
@@ -277,7 +282,7 @@ def _file_digest(folder: Path) -> str:
 
 
 def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, s: TrainSettings,
-                     run: Path, progress: bool = True) -> EncodedScenes:
+                     run: Path, progress: bool = True, workers: int = 0) -> EncodedScenes:
     """:func:`encode_scenes`, saved in ``run/encoded.pt`` and reused while the tokenizer
     files, the example count, the seed and the context length are the same."""
     key = f"{_file_digest(tok_folder)}-{s.train_examples}-{s.seed}-{s.context_token}-{s.two_shape_prob}-{s.layout}"
@@ -289,7 +294,7 @@ def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, 
             return EncodedScenes(**{k: saved[k] for k in EncodedScenes._fields})
     t0 = time.time()
     enc = encode_scenes(tok, text, s.train_examples, s.seed, two_shape_prob=s.two_shape_prob, layout=s.layout,
-                        progress=progress)
+                        progress=progress, workers=workers)
     print(f"encoded {s.train_examples} images and {len(enc.captions)} captions in {time.time() - t0:.0f} s")
     torch.save({"key": key, **enc._asdict()}, path)
     return enc
@@ -328,7 +333,7 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
     idx_BK = enc.idx_NK[rows_B]
     # The plain ("math") attention kernel: on short CPU sequences its backward is much faster
     # than the flash kernel's (same result up to rounding).
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), sdpa_kernel([SDPBackend.MATH]):
+    with torch.autocast(rows_B.device.type, dtype=torch.bfloat16, enabled=bf16), sdpa_kernel([SDPBackend.MATH]):
         out = model.forward_teacher_forcing(text.context_BTD, text.mask_BT, text.position_ids_BT, enc.x_NLC[rows_B])
         ce_BK = F.cross_entropy(out.logits_BLV.float().flatten(0, 1), idx_BK.flatten(), reduction="none").view(B, -1)
         # z = decoder_norm(h_last + word_embed(e(idx_last))) for each last-scale token
@@ -379,34 +384,43 @@ class TrainResult(NamedTuple):
 
 def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, progress: bool = True,
           text: TextEncoder | None = None, stop_at: int | None = None,
-          init_from: Path | None = None) -> TrainResult:
+          init_from: Path | None = None, device: torch.device | str = "cpu", workers: int = 0) -> TrainResult:
     """Train from scratch (or resume ``run/state.pt``); returns the model, EMA and history.
 
     ``stop_at``: leave after this many steps (state saved), as an interrupted run would.
     ``init_from``: start from a saved ``llm/`` folder (its last weights, and its EMA as the
-    EMA's start) instead of a fresh init, with a new schedule: training in several sittings."""
+    EMA's start) instead of a fresh init, with a new schedule: training in several sittings.
+    ``device``: where the models, the encodings and the generator live (the initial weights
+    are drawn on the CPU either way; a CUDA run draws other batches and noise than a CPU run
+    with the same seed). ``workers``: processes drawing the images to encode."""
     run.mkdir(parents=True, exist_ok=True)
     if s.threads:
         torch.set_num_threads(s.threads)
+    device = torch.device(device)
     t0 = time.time()
-    tok = HybridTokenizer.from_pretrained(tok_folder).requires_grad_(False)
-    text = text or load_scene_text_encoder(s.context_token)
+    tok = HybridTokenizer.from_pretrained(tok_folder).requires_grad_(False).to(device)
+    text = text or load_scene_text_encoder(s.context_token).to(device)
     context_dim = text.model.config.hidden_size
-    enc = cached_encodings(Path(tok_folder), tok, text, s, run, progress=progress)
+    enc = cached_encodings(Path(tok_folder), tok, text, s, run, progress=progress, workers=workers)
+    enc = EncodedScenes(*(v.to(device) if isinstance(v, torch.Tensor) else v for v in enc))
     config = tiny_config(s, context_dim, tok.config.v_patch_nums)
 
-    g = torch.Generator().manual_seed(s.seed)
+    g = torch.Generator(device=device).manual_seed(s.seed)
     with torch.random.fork_rng():  # nn layers draw their init from the global RNG: isolate it
         torch.manual_seed(s.seed)
         model = HARTTransformer(config, vocab_size=tok.config.vocab_size, vae_channels=tok.config.z_channels)
         init_weights(model)
+    model.to(device)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if init_from is not None:
-        from hart_edu.checkpoint import find_weight_file, load_weight_file
+        from hart_edu.checkpoint import EMA_WEIGHT_FILES, check_state_dict, find_weight_file, load_weight_file
 
         model.load_official_state_dict(load_weight_file(find_weight_file(init_from)), source=str(init_from))
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        ema.update(load_weight_file(Path(init_from) / "ema_model.bin"))
+        ema_path = find_weight_file(init_from, EMA_WEIGHT_FILES)
+        saved_ema = load_weight_file(ema_path)  # bfloat16 in a shipped tree: cast to the model's dtype
+        check_state_dict({k: v.shape for k, v in ema.items()}, saved_ema, source=str(ema_path))
+        ema = {k: v.to(device, ema[k].dtype) for k, v in saved_ema.items()}
     opt = torch.optim.AdamW(_param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95), fused=True)
     step, history = 0, []
     state_path = run / "state.pt"
@@ -415,7 +429,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         if _result_settings(json.loads(state["settings"])) != _result_settings(asdict(s)):
             raise ValueError(f"{state_path} was made with other settings: {state['settings']}")
         model.load_state_dict(state["model"])
-        ema = state["ema"]
+        ema = {k: v.to(device) for k, v in state["ema"].items()}
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         step, history = int(state["step"]), json.loads(state["history"])
@@ -429,7 +443,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
     while step < last:
         for group in opt.param_groups:
             group["lr"] = warmup_cosine_lr(step, s.lr, s.warmup, s.steps)
-        rows_B = torch.randint(0, N, (s.batch_size,), generator=g)
+        rows_B = torch.randint(0, N, (s.batch_size,), generator=g, device=device)
         losses = training_losses(model, tok.quantizer, enc, rows_B, g, s.bf16, ce_weights_K)
         opt.zero_grad(set_to_none=True)
         losses.loss.backward()
@@ -470,7 +484,7 @@ def save_pretrained(result: TrainResult, out: Path, dtype: torch.dtype = torch.f
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     def stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous() for k, v in state.items()}
+        return {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}
 
     save_file(stored(result.model.state_dict()), str(out / "model.safetensors"))
     if dtype == torch.float32:
@@ -606,10 +620,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="dtype of the saved weights (bfloat16: half the size, EMA as ema_model.safetensors)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this llm/ folder's weights and EMA (a new schedule: a second sitting)")
+    p.add_argument("--device", default="cpu", help="where to train, e.g. cuda (default: cpu)")
+    p.add_argument("--workers", type=int, default=0, help="processes drawing the images to encode (default: 0)")
     add_settings_arguments(p, TrainSettings)
     args = p.parse_args(argv)
     settings = settings_from_args(TrainSettings, args)
-    result = train(args.tokenizer, args.run, settings, resume=args.resume, init_from=args.init_from)
+    result = train(args.tokenizer, args.run, settings, resume=args.resume, init_from=args.init_from,
+                   device=args.device, workers=args.workers)
     save_pretrained(result, args.out, dtype=getattr(torch, args.save_dtype))
     write_text_encoder_pointer(args.out.parent, settings.context_token)
     last = result.history[-50:]

@@ -19,12 +19,6 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def device() -> torch.device:
-    """Where the kernels' inputs live: the CUDA device, or the CPU for the interpreter."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
