@@ -436,7 +436,7 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         print(f"resumed from {state_path} at step {step}")
 
     N = enc.idx_NK.shape[0]
-    ce_weights_K = scale_weights(tuple(config.patch_nums), s.scale_balance)  # the same every step
+    ce_weights_K = scale_weights(tuple(config.patch_nums), s.scale_balance).to(device)  # the same every step
     model.train()
     bar = tqdm(total=s.steps, initial=step, desc="transformer", unit="step", disable=not progress)
     last = s.steps if stop_at is None else min(s.steps, stop_at)
