@@ -61,6 +61,24 @@ def _command(settings: dict[str, Any]) -> str:
     return "python -m hart_edu.train.transformer " + " ".join(flags)
 
 
+def _exploration_lines(path: Path, root: Path, step: int = 1500) -> list[str]:
+    """The recipes compared step for step on a lent GPU (:mod:`hart_edu.recipe_runs`)."""
+    from hart_edu.recipe_runs import at_step
+
+    rec = _load(path)
+    rows = [(name, run, at_step(run, step)) for name, run in rec["runs"].items()]
+    L = [f"Recipes compared step for step (`{path.relative_to(root).as_posix()}`, written by "
+         f"`python -m hart_edu.recipe_runs`): {rec['note']} Cross-entropy at step {step} "
+         f"(mean of the {rec['window']} steps up to it; the learning rate still high in every run):", "",
+         "| recipe | steps run | 2x2 codes | all codes |", "|---|---|---|---|"]
+    for name, run, w in rows:
+        if w is not None:
+            done = f"{run['steps_done']}" + ("" if run["finished"] else " (stopped)")
+            L.append(f"| `{name}` | {done} | {w['ce_scales'][1]:.2f} | {w['ce']:.2f} |")
+    L += ["", f"![recipes step for step]({path.with_suffix('.png').relative_to(root).as_posix()})", ""]
+    return L
+
+
 def section(root: Path = REPO_ROOT) -> str:
     """The markdown of the section (without its markers)."""
     reports = root / "weights" / "tiny" / "reports"
@@ -158,6 +176,8 @@ def section(root: Path = REPO_ROOT) -> str:
           f"{v1_train['settings']['steps']} x {v1_train['settings']['batch_size']} | {_cells(v1_scores)} |",
           f"| **v2, shipped** ({seeds} seeds) | {s['layout']} | {train['parameters'] / 1e6:.1f}M | "
           f"{s['steps']} x {s['batch_size']} | {_cells(scores, bold=True)} |", ""]
+
+    L += _exploration_lines(reports / "exploration" / "recipes_h200.json", root)
 
     L += [f"`make demo` on this machine ({demo['cpu']['model']}, {demo['cpu']['kind']}, {demo['threads']} thread(s)): "
           f"{demo['correct']} of {demo['n']} captions right, median {demo['median_seconds_per_image']:.3f} s per "
