@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HART_EDU_GOLDEN := $(abspath $(GOLDEN))
 export HART_EDU_REQUIRE_GOLDEN := 1
 
-.PHONY: setup test test-py test-nb demo parity gpu-check clean
+.PHONY: setup test test-py test-nb demo parity gpu-check student lab clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,16 @@ parity: setup
 # records in docs/gpu/ and the tables of docs/gpu_figures.md. Without a GPU: refuses (exit 2).
 gpu-check: setup
 	$(BIN)/python -m hart_edu.kernels.gpu_check
+
+# The course (course/README.md): learner copies of the notebooks (solutions replaced by stubs,
+# answers removed, no outputs) in student/, and the instructor key in course/instructor_key.md.
+student: setup
+	$(BIN)/python -m hart_edu.course.student --out student
+
+# JupyterLab on the notebooks, from the project's venv (LAB_DIR=student for the learner copies).
+LAB_DIR ?= notebooks
+lab: setup
+	$(BIN)/jupyter lab $(LAB_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
