@@ -43,7 +43,22 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{s:7.1f} s  {path}" + ("   OVER THE LIMIT" if s > LIMIT_S else ""))
 
 
+def write_times(path: str, seconds: dict[str, float]) -> None:
+    import json
+    import platform
+
+    from hart_edu.cpu_dtype import cpu_features
+
+    record = {"limit_s": LIMIT_S, "load_average": list(os.getloadavg()), "python": platform.python_version(),
+              "cpu": cpu_features().as_dict(),
+              "seconds": {os.path.basename(p): round(s, 1) for p, s in sorted(seconds.items())}}
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(record, indent=1) + "\n")
+
+
 def pytest_sessionfinish(session, exitstatus):
+    if _seconds and os.environ.get("HART_EDU_NOTEBOOK_TIMES"):
+        write_times(os.environ["HART_EDU_NOTEBOOK_TIMES"], _seconds)
     slow = over_limit(_seconds, LIMIT_S)
     if slow:
         listing = "; ".join(f"{p} {s:.1f} s" for p, s in sorted(slow.items()))
