@@ -251,3 +251,13 @@ def test_training_on_the_device_keeps_everything_there(tokenizer_folder, tmp_pat
     second = train(tokenizer_folder, tmp_path / "next", small_settings(steps=1), progress=False,
                    init_from=tmp_path / "llm", device=device)  # reads the bfloat16 EMA file
     assert len(second.history) == 1
+
+
+def test_checkpointed_activations_train_the_same(tokenizer_folder, tmp_path):
+    """--checkpoint-activations recomputes the MLPs in the backward pass: the same steps (up to
+    rounding), and the returned model runs without it."""
+    plain = train(tokenizer_folder, tmp_path / "a", small_settings(steps=3), progress=False)
+    saved = train(tokenizer_folder, tmp_path / "b", small_settings(steps=3, checkpoint_activations=True), progress=False)
+    for a, b in zip(plain.history, saved.history):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    assert all("forward" not in blk.ffn.__dict__ for blk in saved.model.blocks)

@@ -50,15 +50,35 @@ diffusion draws (the initialisation runs under a forked, seeded global RNG becau
 state (loaded with ``weights_only=True``). Written at the end, in the official layout:
 ``<out>/config.json``, ``model.safetensors`` (last weights), ``ema_model.bin`` (EMA), and the
 loss curves as JSON and PNG.
+
+Past one process, own images, fine-tuning
+-----------------------------------------
+
+::
+
+    torchrun --nproc-per-node 4 -m hart_edu.train.transformer --device cuda --batch-size 256 --run-dir runs/t
+
+``--batch-size`` is the global batch B. Every rank draws the whole step from the same generator
+(:func:`draw_step`: rows, caption dropout, t and noise, in the single process's order) and
+trains on its B/W images under DistributedDataParallel, which averages the gradients, so W
+ranks follow the single process's loss trace up to float rounding
+(:mod:`hart_edu.train.distributed`); rank 0 alone writes. ``--data FOLDER`` trains on your own
+captioned images (:mod:`hart_edu.data.image_folder`). ``--init-from TREE`` fine-tunes a whole
+HART tree with its own tokenizer and text encoder (:func:`load_tree`).
+``--checkpoint-activations`` recomputes every block's MLP in the backward pass instead of
+storing its activations (:func:`checkpoint_feed_forward`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -66,11 +86,14 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from hart_edu.ar_transformer import MODEL_TYPE, HARTTransformer, TextContext, TransformerConfig
-from hart_edu.checkpoint import config_to_dict
+from hart_edu.checkpoint import EMA_WEIGHT_FILES, check_state_dict, config_to_dict, find_weight_file, load_weight_file
+from hart_edu.data.image_folder import ImageFolder
 from hart_edu.data.scenes import SceneDataset
 from hart_edu.hybrid_tokenizer import HybridTokenizer
 from hart_edu.residual_diffusion import DiffusionLoss
@@ -81,6 +104,19 @@ from hart_edu.text_encoder import (
     pip_model_folder,
 )
 from hart_edu.train import add_settings_arguments, settings_from_args, warmup_cosine_lr, write_report
+from hart_edu.train.distributed import (
+    DEFAULT_TIMEOUT_S,
+    SINGLE,
+    Ranks,
+    barrier,
+    batch_share,
+    data_parallel,
+    init,
+    mean_over_ranks,
+    run_main,
+    same_on_every_rank,
+    single,
+)
 
 __all__ = [
     "TEXT_ENCODER_PACKAGE",
@@ -91,7 +127,12 @@ __all__ = [
     "context_dropout",
     "StepLosses",
     "EncodedScenes",
+    "encode_dataset",
     "encode_scenes",
+    "StepDraws",
+    "draw_step",
+    "TrainingStep",
+    "load_tree",
     "train",
     "save_pretrained",
 ]
@@ -163,6 +204,8 @@ class TrainSettings:
     layout: str = "relation"  # where two shapes go: "relation" or "free" (hart_edu.data.scenes)
     scale_balance: float = 0.0  # 0: every token weighs the same in L_ce; 1: every scale (module docstring)
     bf16: bool = True  # autocast the transformer's matmuls to bfloat16 (weights and losses stay fp32)
+    checkpoint_activations: bool = False  # recompute each block's MLP in the backward pass (less memory)
+    data: str = ""  # a folder of captioned images (hart_edu.data.image_folder); "": the procedural scenes
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is faster when another job holds a core
     log_every: int = 10
 
@@ -236,17 +279,23 @@ class EncodedScenes(NamedTuple):
     captions: list[str]
 
 
-@torch.no_grad()
-def encode_scenes(tok: HybridTokenizer, text: TextEncoder, n: int, seed: int,
-                  batch_size: int = 256, progress: bool = True, two_shape_prob: float = 0.5,
-                  layout: str = "relation", workers: int = 0) -> EncodedScenes:
-    """Encode the first ``n`` training scenes (seed ``seed``) with the frozen models.
+def training_images(s: TrainSettings, size: int) -> Dataset:
+    """What the run trains on: the folder ``s.data`` (:class:`hart_edu.data.image_folder.ImageFolder`,
+    every captioned image) or else the first ``s.train_examples`` procedural training scenes."""
+    if s.data:
+        return ImageFolder(s.data, size)
+    return SceneDataset("train", size=size, length=s.train_examples, seed=s.seed, two_shape_prob=s.two_shape_prob,
+                        layout=s.layout)
 
-    The images are drawn by ``workers`` processes (0: in this one; every scene is a function of
-    its index, so the result is the same) and encoded on the tokenizer's device; the encodings
-    come back on the CPU."""
-    data = SceneDataset("train", size=tok.config.image_size, length=n, seed=seed, two_shape_prob=two_shape_prob,
-                        layout=layout)
+
+@torch.no_grad()
+def encode_dataset(tok: HybridTokenizer, text: TextEncoder, data: Dataset, batch_size: int = 256,
+                   progress: bool = True, workers: int = 0) -> EncodedScenes:
+    """Encode every item ``(image_3HW, caption)`` of ``data`` with the frozen models.
+
+    The images are read by ``workers`` processes (0: in this one; an item is a function of its
+    index, so the result is the same) and encoded on the tokenizer's device; the encodings
+    come back on the CPU. Each distinct caption is encoded once."""
     batches = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=list)
     device = next(tok.parameters()).device
     p_last = tok.config.v_patch_nums[-1]
@@ -272,6 +321,16 @@ def encode_scenes(tok: HybridTokenizer, text: TextEncoder, n: int, seed: int,
     )
 
 
+def encode_scenes(tok: HybridTokenizer, text: TextEncoder, n: int, seed: int,
+                  batch_size: int = 256, progress: bool = True, two_shape_prob: float = 0.5,
+                  layout: str = "relation", workers: int = 0) -> EncodedScenes:
+    """Encode the first ``n`` training scenes (seed ``seed``) with the frozen models
+    (:func:`encode_dataset` of a :class:`SceneDataset`)."""
+    data = SceneDataset("train", size=tok.config.image_size, length=n, seed=seed, two_shape_prob=two_shape_prob,
+                        layout=layout)
+    return encode_dataset(tok, text, data, batch_size=batch_size, progress=progress, workers=workers)
+
+
 def _file_digest(folder: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(Path(folder).iterdir()):
@@ -281,22 +340,45 @@ def _file_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_encodings(tok_folder: Path, tok: HybridTokenizer, text: TextEncoder, s: TrainSettings,
-                     run: Path, progress: bool = True, workers: int = 0) -> EncodedScenes:
-    """:func:`encode_scenes`, saved in ``run/encoded.pt`` and reused while the tokenizer
-    files, the example count, the seed and the context length are the same."""
-    key = f"{_file_digest(tok_folder)}-{s.train_examples}-{s.seed}-{s.context_token}-{s.two_shape_prob}-{s.layout}"
-    run.mkdir(parents=True, exist_ok=True)
+def encodings_key(tok_folder: Path, s: TrainSettings, data: Dataset, text_key: str | None = None) -> str:
+    """What the cached encodings depend on: the tokenizer's files, the images (the scenes'
+    count and seed, or the folder's fingerprint), the context length, and the text encoder
+    when it is not the tiny HART's MiniLM (``text_key``)."""
+    images = f"folder {data.fingerprint()}" if isinstance(data, ImageFolder) else f"{s.train_examples}-{s.seed}"
+    key = f"{_file_digest(tok_folder)}-{images}-{s.context_token}-{s.two_shape_prob}-{s.layout}"
+    return key if text_key is None else f"{key}-{text_key}"
+
+
+def cached_encodings(tok_folder: Path, tok: HybridTokenizer, load_text: Callable[[], TextEncoder],
+                     s: TrainSettings, run: Path, progress: bool = True, workers: int = 0,
+                     ranks: Ranks = SINGLE, text_key: str | None = None) -> EncodedScenes:
+    """:func:`encode_dataset` of :func:`training_images`, saved in ``run/encoded.pt`` and reused
+    while :func:`encodings_key` is the same. ``load_text`` gives the text encoder; it is called
+    only when the cache misses.
+
+    With several ranks, rank 0 encodes and writes the file while the others wait; they then
+    read it, or (a machine that does not see rank 0's run folder) encode for themselves
+    without writing."""
+    data = training_images(s, tok.config.image_size)
+    if ranks.is_main and isinstance(data, ImageFolder):
+        print(data.summary(), flush=True)
+    key = encodings_key(tok_folder, s, data, text_key)
     path = run / "encoded.pt"
+    if not ranks.is_main:
+        barrier(ranks)  # rank 0 is encoding (or has found the cache)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("key") == key:
+            if ranks.is_main:
+                barrier(ranks)
             return EncodedScenes(**{k: saved[k] for k in EncodedScenes._fields})
     t0 = time.time()
-    enc = encode_scenes(tok, text, s.train_examples, s.seed, two_shape_prob=s.two_shape_prob, layout=s.layout,
-                        progress=progress, workers=workers)
-    print(f"encoded {s.train_examples} images and {len(enc.captions)} captions in {time.time() - t0:.0f} s")
-    torch.save({"key": key, **enc._asdict()}, path)
+    enc = encode_dataset(tok, load_text(), data, progress=progress and ranks.is_main, workers=workers)
+    if ranks.is_main:
+        print(f"encoded {len(data)} images and {len(enc.captions)} captions in {time.time() - t0:.0f} s")
+        run.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, **enc._asdict()}, path)
+        barrier(ranks)
     return enc
 
 
@@ -321,15 +403,47 @@ def scale_weights(patch_nums: tuple[int, ...], scale_balance: float) -> torch.Te
     return w_L / w_L.mean()
 
 
-def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedScenes, rows_B: torch.Tensor,
-                    generator: torch.Generator, bf16: bool, ce_weights_K: torch.Tensor) -> StepLosses:
-    """The losses of one batch (rows ``rows_B`` of the encodings); see the module docstring.
-    ``ce_weights_K``: the per-token weights of L_ce, :func:`scale_weights` of the model's scales."""
+class StepDraws(NamedTuple):
+    """Everything one step draws from the run generator, for a batch of B images with l
+    last-scale tokens each, every token repeated R = ``diffusion_batch_mul`` times for the
+    diffusion loss (its R B l rows are ordered repeat, image, token, as ``repeat(R, 1)`` makes them)."""
+
+    rows_B: torch.Tensor  # (B,) int64: rows of the encodings
+    drop_B: torch.Tensor  # (B,) bool: captions dropped for classifier-free guidance
+    t_RBl: torch.Tensor  # (R, B, l) int64: diffusion timesteps
+    eps_RBlC: torch.Tensor  # (R, B, l, Cvae): diffusion noise
+
+    def share(self, images: slice) -> "StepDraws":
+        """The draws of the images ``images`` (one rank's share of the global batch)."""
+        return StepDraws(self.rows_B[images], self.drop_B[images], self.t_RBl[:, images], self.eps_RBlC[:, images])
+
+
+def draw_step(g: torch.Generator, N: int, B: int, l: int, R: int, C: int, cond_drop_rate: float,
+              num_steps: int) -> StepDraws:
+    """One step's draws for a batch of B of the N encoded images, in the order a single process
+    has always drawn them: rows, caption dropout, then the diffusion's t and noise::
+
+        rows_B ~ U{0..N-1},  drop_B = (u_B < cond_drop_rate),  t ~ U{0..num_steps-1},  eps ~ N(0, I)
+
+    Every rank of a data-parallel run draws the whole global batch with the same generator and
+    keeps its :meth:`StepDraws.share`, so W ranks see exactly the draws of one process."""
+    rows_B = torch.randint(0, N, (B,), generator=g, device=g.device)
+    drop_B = torch.rand(B, generator=g, device=g.device) < cond_drop_rate
+    t_M = torch.randint(0, num_steps, (R * B * l,), generator=g, device=g.device)
+    eps_MC = torch.randn((R * B * l, C), generator=g, device=g.device)
+    return StepDraws(rows_B, drop_B, t_M.view(R, B, l), eps_MC.view(R, B, l, C))
+
+
+def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedScenes, draws: StepDraws,
+                    bf16: bool, ce_weights_K: torch.Tensor) -> StepLosses:
+    """The losses of one batch (the rows ``draws.rows_B`` of the encodings, with their draws);
+    see the module docstring. ``ce_weights_K``: the per-token weights of L_ce, :func:`scale_weights`
+    of the model's scales. Every loss is a mean over the batch's images (and tokens)."""
     cfg = model.config
+    rows_B = draws.rows_B
     B = rows_B.shape[0]
     cap_B = enc.caption_N[rows_B]
-    drop_B = torch.rand(B, generator=generator, device=generator.device) < cfg.cond_drop_rate
-    text = context_dropout(model, enc.context_UTD[cap_B], enc.mask_UT[cap_B], enc.position_ids_UT[cap_B], drop_B)
+    text = context_dropout(model, enc.context_UTD[cap_B], enc.mask_UT[cap_B], enc.position_ids_UT[cap_B], draws.drop_B)
     idx_BK = enc.idx_NK[rows_B]
     # The plain ("math") attention kernel: on short CPU sequences its backward is much faster
     # than the flash kernel's (same result up to rounding).
@@ -342,7 +456,8 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
         mul = cfg.diffusion_batch_mul
         z_MC = z_BlC.reshape(B * l, -1).repeat(mul, 1)
         target_MC = enc.residual_NlC[rows_B].reshape(B * l, -1).repeat(mul, 1)
-        diff = model.diffloss.training_loss(target_MC, z_MC, generator)
+        diff = model.diffloss.training_loss(target_MC, z_MC, None, t_N=draws.t_RBl.reshape(-1),
+                                            noise_NC=draws.eps_RBlC.reshape(B * l * mul, -1))
     accuracy = float((out.logits_BLV.argmax(-1) == idx_BK).float().mean())
     ce_K = ce_BK.detach().mean(0)
     sizes = [p * p for p in cfg.patch_nums]
@@ -350,10 +465,35 @@ def training_losses(model: HARTTransformer, quantizer: nn.Module, enc: EncodedSc
     return StepLosses((ce_BK * ce_weights_K).mean() + diff.loss, ce_BK.mean(), diff, accuracy, ce_scales)
 
 
+class TrainingStep(nn.Module):
+    """A step's losses as one module: the model being trained, the frozen quantizer and the
+    encodings. This is what DistributedDataParallel wraps: DDP all-reduces the gradients of
+    what its ``forward`` computed (the model's own methods, called directly, would not be)."""
+
+    def __init__(self, model: HARTTransformer, quantizer: nn.Module, enc: EncodedScenes, bf16: bool,
+                 ce_weights_K: torch.Tensor):
+        super().__init__()
+        self.model, self.quantizer = model, quantizer
+        self.enc, self.bf16, self.ce_weights_K = enc, bf16, ce_weights_K
+
+    def forward(self, draws: StepDraws) -> StepLosses:
+        return training_losses(self.model, self.quantizer, self.enc, draws, self.bf16, self.ce_weights_K)
+
+
+def checkpoint_feed_forward(model: HARTTransformer) -> None:
+    """Activation checkpointing (``--checkpoint-activations``): every block's MLP keeps only
+    its input for the backward pass and recomputes its hidden activations there (the widest
+    ones, ``mlp_ratio`` x C per token), one more MLP forward per block for their memory.
+    Only the MLP: a block's attention appends its keys and values to the stagewise pass's KV
+    cache, which a recomputation would append to a second time."""
+    for blk in model.blocks:
+        blk.ffn.forward = functools.partial(torch.utils.checkpoint.checkpoint, blk.ffn.forward, use_reentrant=False)
+
+
 def _result_settings(settings: dict) -> dict:
     """The settings a run's result depends on (a resumed run may use other threads / logging)."""
     with_defaults = asdict(TrainSettings()) | settings  # a run saved before a setting existed had its default
-    return {k: v for k, v in with_defaults.items() if k not in ("threads", "log_every")}
+    return {k: v for k, v in with_defaults.items() if k not in ("threads", "log_every", "checkpoint_activations")}
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -382,39 +522,127 @@ class TrainResult(NamedTuple):
     seconds: float  # wall time of this run (not counting a resumed run's earlier part)
 
 
-def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, progress: bool = True,
+# --------------------------------------------------------------------------------------
+# Fine-tuning a HART tree
+# --------------------------------------------------------------------------------------
+
+
+def is_hart_tree(path: Path | str) -> bool:
+    """A whole HART tree (``tokenizer/``, ``llm/``, a text encoder), not just an ``llm/`` folder."""
+    return (Path(path) / "llm" / "config.json").is_file()
+
+
+class TreeStart(NamedTuple):
+    """What fine-tuning a tree starts from."""
+
+    tokenizer: HybridTokenizer  # frozen
+    text: TextEncoder  # frozen; dropped once the captions are encoded
+    model: HARTTransformer  # the tree's main (last) weights
+    ema: dict[str, torch.Tensor]  # the tree's EMA weights (the main ones when it has none)
+
+
+def load_tree(tree: Path, text_encoder: Path | None = None) -> TreeStart:
+    """A HART tree's parts as :class:`hart_edu.sampler.HARTPipeline` loads them for inference,
+    so training sees the captions as sampling will: the tree's tokenizer, its own text encoder
+    (``tree/text_encoder``, or the pip package ``tree/text_encoder.json`` names, or
+    ``text_encoder``), with the tree's context length and system prompt, and the transformer
+    of ``tree/llm/config.json`` with its main weights; its EMA weights start the EMA."""
+    from hart_edu.sampler import HARTPipeline
+
+    tree = Path(tree)
+    pipe = HARTPipeline.from_pretrained(tree, text_encoder=text_encoder, ema=False)
+    if any((tree / "llm" / name).is_file() for name in EMA_WEIGHT_FILES):
+        ema_model = HARTTransformer.from_pretrained(tree / "llm", ema=True, tokenizer_folder=tree / "tokenizer")
+        ema = {k: v.detach().clone() for k, v in ema_model.state_dict().items()}
+    else:
+        ema = {k: v.detach().clone() for k, v in pipe.transformer.state_dict().items()}
+    return TreeStart(pipe.tokenizer.requires_grad_(False), pipe.text_encoder, pipe.transformer, ema)
+
+
+def complete_tree(root: Path, tree: Path, text_encoder: Path | None = None) -> list[str]:
+    """Make ``root`` (the folder above the fine-tuned ``llm/``) a tree that loads like ``tree``:
+    the tokenizer and the small text-encoder files are copied, a text encoder folder is linked
+    (not copied: the released one is 3 GB). Parts ``root`` already has are left alone.
+    Returns what was added."""
+    root, tree, added = Path(root), Path(tree), []
+    for part in ("tokenizer", "text_tokenizer", TEXT_ENCODER_POINTER):
+        source, target = tree / part, root / part
+        if source.exists() and not target.exists():
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+            added.append(part)
+    encoder = Path(text_encoder) if text_encoder is not None else tree / "text_encoder"
+    if (encoder / "config.json").is_file() and not (root / "text_encoder").exists():
+        (root / "text_encoder").symlink_to(encoder.resolve(), target_is_directory=True)
+        added.append(f"text_encoder -> {encoder.resolve()}")
+    return added
+
+
+# --------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------
+
+
+def train(tok_folder: Path | None, run: Path, s: TrainSettings, resume: bool = False, progress: bool = True,
           text: TextEncoder | None = None, stop_at: int | None = None,
-          init_from: Path | None = None, device: torch.device | str = "cpu", workers: int = 0) -> TrainResult:
+          init_from: Path | None = None, device: torch.device | str = "cpu", workers: int = 0,
+          ranks: Ranks | None = None, text_encoder: Path | None = None) -> TrainResult:
     """Train from scratch (or resume ``run/state.pt``); returns the model, EMA and history.
 
     ``stop_at``: leave after this many steps (state saved), as an interrupted run would.
     ``init_from``: start from a saved ``llm/`` folder (its last weights, and its EMA as the
     EMA's start) instead of a fresh init, with a new schedule: training in several sittings.
+    Or from a whole HART tree (:func:`load_tree`; ``tok_folder`` None, ``text_encoder`` for a
+    tree whose encoder lives elsewhere): the model is the tree's, the settings' model fields
+    are not used.
     ``device``: where the models, the encodings and the generator live (the initial weights
     are drawn on the CPU either way; a CUDA run draws other batches and noise than a CPU run
-    with the same seed). ``workers``: processes drawing the images to encode."""
-    run.mkdir(parents=True, exist_ok=True)
+    with the same seed). ``workers``: processes drawing the images to encode.
+    ``ranks``: this process's place in a data-parallel run (:func:`hart_edu.train.distributed.init`;
+    its device is used); by default the one process on ``device``. Every rank returns the
+    same result; only rank 0 writes."""
+    ranks = single(device) if ranks is None else ranks
+    device = ranks.device
+    share = batch_share(s.batch_size, ranks)  # the one-line error before any work
+    if ranks.is_main:
+        run.mkdir(parents=True, exist_ok=True)
     if s.threads:
         torch.set_num_threads(s.threads)
-    device = torch.device(device)
     t0 = time.time()
-    tok = HybridTokenizer.from_pretrained(tok_folder).requires_grad_(False).to(device)
-    text = text or load_scene_text_encoder(s.context_token).to(device)
-    context_dim = text.model.config.hidden_size
-    enc = cached_encodings(Path(tok_folder), tok, text, s, run, progress=progress, workers=workers)
+    tree = Path(init_from) if init_from is not None and is_hart_tree(init_from) else None
+    if tree is None:
+        if tok_folder is None:
+            raise ValueError("no tokenizer folder given (only a HART tree as init_from brings its own)")
+        tok = HybridTokenizer.from_pretrained(tok_folder).requires_grad_(False).to(device)
+        load_text = (lambda: text) if text is not None else \
+            (lambda: load_scene_text_encoder(s.context_token).to(device))
+        text_key = None
+    else:
+        if tok_folder is not None and Path(tok_folder).resolve() != (tree / "tokenizer").resolve():
+            raise ValueError(f"init_from the HART tree {tree} brings its own tokenizer: "
+                             f"do not give another ({tok_folder})")
+        tok_folder = tree / "tokenizer"
+        start = load_tree(tree, text_encoder)
+        tok = start.tokenizer.to(device)
+        load_text = (lambda: text) if text is not None else (lambda: start.text.to(device))
+        text_key = f"tree {tree.resolve()} T={start.model.config.context_token}"
+    enc = cached_encodings(Path(tok_folder), tok, load_text, s, run, progress=progress, workers=workers,
+                           ranks=ranks, text_key=text_key)
     enc = EncodedScenes(*(v.to(device) if isinstance(v, torch.Tensor) else v for v in enc))
-    config = tiny_config(s, context_dim, tok.config.v_patch_nums)
 
     g = torch.Generator(device=device).manual_seed(s.seed)
-    with torch.random.fork_rng():  # nn layers draw their init from the global RNG: isolate it
-        torch.manual_seed(s.seed)
-        model = HARTTransformer(config, vocab_size=tok.config.vocab_size, vae_channels=tok.config.z_channels)
-        init_weights(model)
-    model.to(device)
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if init_from is not None:
-        from hart_edu.checkpoint import EMA_WEIGHT_FILES, check_state_dict, find_weight_file, load_weight_file
-
+    if tree is None:
+        config = tiny_config(s, enc.context_UTD.shape[-1], tok.config.v_patch_nums)
+        with torch.random.fork_rng():  # nn layers draw their init from the global RNG: isolate it
+            torch.manual_seed(s.seed)
+            model = HARTTransformer(config, vocab_size=tok.config.vocab_size, vae_channels=tok.config.z_channels)
+            init_weights(model)
+        model.to(device)
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        model, config = start.model.to(device), start.model.config
+        ema = {k: v.to(device) for k, v in start.ema.items()}
+        del start  # the text encoder goes with it
+    if init_from is not None and tree is None:
         model.load_official_state_dict(load_weight_file(find_weight_file(init_from)), source=str(init_from))
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ema_path = find_weight_file(init_from, EMA_WEIGHT_FILES)
@@ -433,40 +661,50 @@ def train(tok_folder: Path, run: Path, s: TrainSettings, resume: bool = False, p
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         step, history = int(state["step"]), json.loads(state["history"])
-        print(f"resumed from {state_path} at step {step}")
+        if ranks.is_main:
+            print(f"resumed from {state_path} at step {step}")
+    same_on_every_rank(ranks, step, f"the step to start from (does every rank see {state_path}?)")
 
     N = enc.idx_NK.shape[0]
+    l, C = enc.residual_NlC.shape[1:]
+    num_steps = model.diffloss.train_schedule.num_steps
     ce_weights_K = scale_weights(tuple(config.patch_nums), s.scale_balance).to(device)  # the same every step
+    if s.checkpoint_activations:
+        checkpoint_feed_forward(model)
     model.train()
-    bar = tqdm(total=s.steps, initial=step, desc="transformer", unit="step", disable=not progress)
+    step_losses = data_parallel(TrainingStep(model, tok.quantizer, enc, s.bf16, ce_weights_K), ranks)
+    bar = tqdm(total=s.steps, initial=step, desc="transformer", unit="step", disable=not (progress and ranks.is_main))
     last = s.steps if stop_at is None else min(s.steps, stop_at)
     while step < last:
         for group in opt.param_groups:
             group["lr"] = warmup_cosine_lr(step, s.lr, s.warmup, s.steps)
-        rows_B = torch.randint(0, N, (s.batch_size,), generator=g, device=device)
-        losses = training_losses(model, tok.quantizer, enc, rows_B, g, s.bf16, ce_weights_K)
+        draws = draw_step(g, N, s.batch_size, l, config.diffusion_batch_mul, C, config.cond_drop_rate, num_steps)
+        losses = step_losses(draws.share(share))
         opt.zero_grad(set_to_none=True)
-        losses.loss.backward()
+        losses.loss.backward()  # under DDP: gradients averaged over the ranks
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
         opt.step()
         # EMA with a warm-up: the decay grows as (1 + step) / (10 + step) until it reaches s.ema
         # (no warm-up when continuing from a saved EMA)
         _ema_update(ema, model, s.ema if init_from is not None else min(s.ema, (1 + step) / (10 + step)))
-        history.append({"step": step, "loss": float(losses.loss.detach()), "ce": float(losses.ce.detach()),
-                        "diffusion": float(losses.diffusion.loss.detach()), "diffusion_mse": float(losses.diffusion.mse.detach()),
-                        "diffusion_vb": float(losses.diffusion.vb.detach()), "token_accuracy": losses.accuracy,
-                        "ce_scales": losses.ce_scales,
+        d = losses.diffusion
+        loss, ce, diffusion, mse, vb, accuracy, *ce_scales = mean_over_ranks(ranks, [
+            float(losses.loss.detach()), float(losses.ce.detach()), float(d.loss.detach()), float(d.mse.detach()),
+            float(d.vb.detach()), losses.accuracy, *losses.ce_scales])
+        history.append({"step": step, "loss": loss, "ce": ce, "diffusion": diffusion, "diffusion_mse": mse,
+                        "diffusion_vb": vb, "token_accuracy": accuracy, "ce_scales": ce_scales,
                         "grad_norm": grad_norm, "lr": warmup_cosine_lr(step, s.lr, s.warmup, s.steps)})
         step += 1
         bar.update(1)
         if step % s.log_every == 0 or step == s.steps:
-            bar.set_postfix(ce=f"{float(losses.ce.detach()):.3f}", diff=f"{float(losses.diffusion.loss.detach()):.3f}",
-                            acc=f"{losses.accuracy:.2f}")
-        if step % 250 == 0 or step == last:
+            bar.set_postfix(ce=f"{ce:.3f}", diff=f"{diffusion:.3f}", acc=f"{accuracy:.2f}")
+        if ranks.is_main and (step % 250 == 0 or step == last):
             torch.save({"model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
                         "generator": g.get_state(), "step": step, "history": json.dumps(history),
                         "settings": json.dumps(asdict(s))}, state_path)
     bar.close()
+    for blk in model.blocks:  # undo checkpoint_feed_forward: the returned model runs as it loads
+        blk.ffn.__dict__.pop("forward", None)
     return TrainResult(model.eval(), ema, history, time.time() - t0)
 
 
@@ -607,30 +845,71 @@ def save_scale_curves(report: dict, history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+PROG = "python -m hart_edu.train.transformer"
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hart_edu.train.transformer", description=__doc__.split("\n")[0])
-    p.add_argument("--tokenizer", type=Path, default=Path("weights/tiny/tokenizer"),
-                   help="the frozen tokenizer folder (official layout)")
-    p.add_argument("--out", type=Path, default=Path("weights/tiny/llm"),
-                   help="where to write config.json, model.safetensors and ema_model.bin")
-    p.add_argument("--run", type=Path, default=Path("runs/transformer"), help="checkpoints and cached encodings")
-    p.add_argument("--report", type=Path, default=Path("weights/tiny/reports"))
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="the frozen tokenizer folder (official layout; default: weights/tiny/tokenizer, "
+                        "or the --init-from tree's own)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to write config.json, model.safetensors and ema_model.bin (default: weights/tiny/llm; "
+                        "give it with --init-from a tree)")
+    p.add_argument("--run", "--run-dir", dest="run", type=Path, default=Path("runs/transformer"),
+                   help="checkpoints and cached encodings (under torchrun spell it --run-dir: torchrun reads "
+                        "--run as its own --run-path)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="the report and loss curves (default: weights/tiny/reports; with a tree: beside --out)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--save-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="dtype of the saved weights (bfloat16: half the size, EMA as ema_model.safetensors)")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="start from this llm/ folder's weights and EMA (a new schedule: a second sitting)")
-    p.add_argument("--device", default="cpu", help="where to train, e.g. cuda (default: cpu)")
+                   help="start from this llm/ folder's weights and EMA (a new schedule: a second sitting), "
+                        "or fine-tune a whole HART tree (tokenizer/, llm/, its text encoder)")
+    p.add_argument("--text-encoder", type=Path, default=None,
+                   help="with --init-from a tree whose text encoder is elsewhere (the released HART's: "
+                        "mit-han-lab/Qwen2-VL-1.5B-Instruct)")
+    p.add_argument("--device", default="cpu",
+                   help="where to train, e.g. cuda (default: cpu); under torchrun each rank takes cuda:LOCAL_RANK")
     p.add_argument("--workers", type=int, default=0, help="processes drawing the images to encode (default: 0)")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"under torchrun: seconds a rank waits for the others before the run fails "
+                        f"(default {DEFAULT_TIMEOUT_S})")
     add_settings_arguments(p, TrainSettings)
     args = p.parse_args(argv)
     settings = settings_from_args(TrainSettings, args)
+    tree = args.init_from if args.init_from is not None and is_hart_tree(args.init_from) else None
+    if tree is not None and args.out is None:
+        p.error("--init-from a HART tree: give --out, the folder for the fine-tuned llm/ (e.g. my_hart/llm)")
+    if tree is None and args.tokenizer is None:
+        args.tokenizer = Path("weights/tiny/tokenizer")
+    args.out = args.out or Path("weights/tiny/llm")
+    if args.report is None:
+        args.report = args.out.parent / "reports" if tree is not None else Path("weights/tiny/reports")
+    return run_main(lambda: train_and_save(args, settings, tree), PROG)
+
+
+def train_and_save(args: argparse.Namespace, settings: TrainSettings, tree: Path | None) -> int:
+    """:func:`train` on every rank; rank 0 writes the weights, the report and the curves."""
+    ranks = init(args.device, args.dist_timeout)
+    batch_share(settings.batch_size, ranks)  # a batch that does not divide by the ranks: one line, before the log
+    if ranks.is_main:
+        print(f"{ranks.describe()}; global batch {settings.batch_size} = {ranks.world_size} x "
+              f"{settings.batch_size // ranks.world_size} per rank", flush=True)
     result = train(args.tokenizer, args.run, settings, resume=args.resume, init_from=args.init_from,
-                   device=args.device, workers=args.workers)
+                   workers=args.workers, ranks=ranks, text_encoder=args.text_encoder)
+    if not ranks.is_main:
+        return 0
     save_pretrained(result, args.out, dtype=getattr(torch, args.save_dtype))
-    write_text_encoder_pointer(args.out.parent, settings.context_token)
+    if tree is None:
+        write_text_encoder_pointer(args.out.parent, settings.context_token)
+    else:
+        for part in complete_tree(args.out.parent, tree, args.text_encoder):
+            print(f"{args.out.parent}: added {part}")
+    tok_folder = args.tokenizer if tree is None else tree / "tokenizer"
     last = result.history[-50:]
-    tok = HybridTokenizer.from_pretrained(args.tokenizer)
+    tok = HybridTokenizer.from_pretrained(tok_folder)
     report = {
         "train_seconds_this_run": round(result.seconds, 1),
         "parameters": sum(p.numel() for p in result.model.parameters()),
@@ -639,10 +918,13 @@ def main(argv: list[str] | None = None) -> int:
         "final_token_accuracy_last50": sum(h["token_accuracy"] for h in last) / len(last),
         "final_ce_scales_last50": [sum(h["ce_scales"][si] for h in last) / len(last)
                                    for si in range(len(last[-1]["ce_scales"]))],
-        "ce_floor": scale_entropy_floor(tok, 1, layout=settings.layout, two_shape_prob=settings.two_shape_prob),
+        "ce_floor": None if settings.data else scale_entropy_floor(tok, 1, layout=settings.layout,
+                                                                   two_shape_prob=settings.two_shape_prob),
         "patch_nums": list(tok.config.v_patch_nums),
         "settings": asdict(settings),
-        "tokenizer": str(args.tokenizer),
+        "tokenizer": str(tok_folder),
+        "ranks": ranks.world_size,
+        "init_from": None if args.init_from is None else str(args.init_from),
     }
     save_report(report, result.history, args.report)
     print(json.dumps(report, indent=2))
