@@ -257,7 +257,56 @@ def test_checkpointed_activations_train_the_same(tokenizer_folder, tmp_path):
     """--checkpoint-activations recomputes the MLPs in the backward pass: the same steps (up to
     rounding), and the returned model runs without it."""
     plain = train(tokenizer_folder, tmp_path / "a", small_settings(steps=3), progress=False)
-    saved = train(tokenizer_folder, tmp_path / "b", small_settings(steps=3, checkpoint_activations=True), progress=False)
+    saved = train(tokenizer_folder, tmp_path / "b", small_settings(steps=3, checkpoint_activations=True),
+                  progress=False)
     for a, b in zip(plain.history, saved.history):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
     assert all("forward" not in blk.ffn.__dict__ for blk in saved.model.blocks)
+
+
+def test_fine_tuning_a_golden_tree_with_its_own_text_encoder(golden_dir, tmp_path):
+    """--init-from a whole HART tree (the golden tiny-official one, with a word-level tokenizer for
+    its tiny Qwen2): the tree's tokenizer, text encoder (its context length and system prompt,
+    exactly as sampling encodes) and weights; the output tree loads and samples."""
+    import warnings
+
+    from test_image_folder import picture
+    from test_sampler import build_tiny_tree
+
+    from hart_edu.train.transformer import main
+
+    tree = build_tiny_tree(golden_dir, tmp_path / "tree")
+    folder = tmp_path / "pics"
+    for i, (color, words) in enumerate((("red", "w3 w5"), ("blue", "w7"), ("green", "w9 w11 w13"), ("white", "w2"))):
+        picture(folder / f"{i}.png", color, size=(36, 32))
+        (folder / f"{i}.txt").write_text(words)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the official system prompt is longer than the tiny tree's 8 tokens
+        pipe = HARTPipeline.from_pretrained(tree)
+        s = small_settings(steps=1, batch_size=4, lr=1e-12, ema=0.9, data=str(folder))
+        result = train(None, tmp_path / "run", s, progress=False, init_from=tree)
+        expected = pipe.text_encoder(["w3 w5", "w7", "w9 w11 w13", "w2"])
+    saved = torch.load(tmp_path / "run" / "encoded.pt", weights_only=True)
+    assert saved["context_UTD"].shape == (4, 8, 32)  # the tree's T and hidden size, not MiniLM's
+    assert torch.equal(saved["context_UTD"], expected.context_BTD) and torch.equal(saved["mask_UT"], expected.mask_BT)
+    main_weights = HARTTransformer.from_pretrained(tree / "llm", ema=False).state_dict()
+    ema_weights = HARTTransformer.from_pretrained(tree / "llm").state_dict()
+    assert result.model.config.embed_dim == 64 and result.model.config.context_token == 8
+    for k, v in result.model.state_dict().items():  # one step at lr ~0: the tree's main weights
+        torch.testing.assert_close(v, main_weights[k], rtol=0, atol=1e-6)
+    for k, v in result.ema_state.items():  # the EMA continues from the tree's EMA
+        want = ema_weights[k].lerp(main_weights[k], 0.1) if ema_weights[k].is_floating_point() else ema_weights[k]
+        torch.testing.assert_close(v, want, rtol=1e-5, atol=1e-6)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["--init-from", str(tree), "--out", str(tmp_path / "mine" / "llm"), "--run", str(tmp_path / "r2"),
+                     "--data", str(folder), "--steps", "2", "--batch-size", "4", "--warmup", "1", "--no-bf16"]) == 0
+        tuned = HARTPipeline.from_pretrained(tmp_path / "mine")
+        out = tuned(["w3 w5"], seed=0, progress=False)
+    assert out.image_B3HW.shape == (1, 3, 32, 32)
+    assert (tmp_path / "mine" / "text_encoder").is_symlink() and (tmp_path / "mine" / "reports").is_dir()
+    with pytest.raises(ValueError, match="brings its own tokenizer"):
+        train(tmp_path / "mine" / "llm", tmp_path / "r3", small_settings(steps=1),
+              progress=False, init_from=tree)
