@@ -47,6 +47,7 @@ __all__ = [
     "SWEEP_CFGS",
     "EvalResult",
     "evaluate",
+    "evaluate_across_ranks",
     "eval_line",
     "mean_scores",
     "scores_by_shape_count",
@@ -247,6 +248,83 @@ def print_table(result: EvalResult, label: str, scores: dict[str, float] | None 
 
 
 # --------------------------------------------------------------------------------------
+# Across the ranks of a torchrun run
+# --------------------------------------------------------------------------------------
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s own generator in :func:`evaluate_across_ranks`."""
+    return seed * 1_000_003 + batch
+
+
+def evaluate_across_ranks(make_generator: Callable[[torch.Generator], Generator], scenes: Sequence[Scene],
+                          batch_size: int, seed: int, ranks) -> EvalResult:
+    """:func:`evaluate` with the captions split over the ranks (``ranks``:
+    :class:`hart_edu.train.distributed.Ranks`).
+
+    The captions go in batches of ``batch_size``; rank r generates batches r, r + W, r + 2W, ...,
+    each with a generator of its own, ``make_generator(Generator().manual_seed(batch_seed(seed, k)))``
+    (one generator running through all batches, as the one-process command draws, would tie each
+    batch to every batch before it). Every rank gathers all images in caption order and scores
+    them at once, so the result does not depend on the number of ranks: W ranks give exactly
+    the numbers of one (``torchrun --nproc-per-node 1``). They are not the plain command's, whose
+    single generator runs through all batches."""
+    from hart_edu.train.distributed import gather_objects
+
+    if not scenes:
+        raise ValueError("no scenes to evaluate")
+    t0 = time.time()
+    mine = {}
+    for k, start in enumerate(range(0, len(scenes), batch_size)):
+        if k % ranks.world_size == ranks.rank:
+            generate = make_generator(torch.Generator().manual_seed(batch_seed(seed, k)))
+            mine[k] = generate(scenes[start:start + batch_size]).cpu()
+    batches = {k: images for part in gather_objects(ranks, mine) for k, images in part.items()}
+    images_B3HW = torch.cat([batches[k] for k in sorted(batches)])
+    return EvalResult(score_images(images_B3HW, scenes), images_B3HW, list(scenes), time.time() - t0)
+
+
+def main_across_ranks(args: argparse.Namespace, pipe, settings: GenerationConfig, scenes: list[Scene],
+                      seeds: list[int]) -> int:
+    """``torchrun --nproc-per-node N -m hart_edu.eval ...``: the plain evaluation (the mean over
+    ``--seeds``) with the captions split over the ranks (:func:`evaluate_across_ranks`, gloo, on
+    the CPUs); rank 0 prints the table and the line and writes samples.png and eval.json."""
+    from hart_edu.paths import display_path
+    from hart_edu.train.distributed import init, run_main
+
+    def job() -> int:
+        if args.sweep or args.given_scales or args.choose_settings:
+            raise ValueError("under torchrun eval scores the captions (over --seeds) only: "
+                             "run --sweep, --given-scales and --choose-settings in one process")
+        ranks = init(pipe.device)
+        make = lambda g: pipeline_generator(pipe, settings, g)  # noqa: E731
+        with torch.no_grad():
+            results = [evaluate_across_ranks(make, scenes, args.batch_size, seed, ranks) for seed in seeds]
+        if not ranks.is_main:
+            return 0
+        scores = mean_scores(results)
+        by_count = [scores_by_shape_count(r) for r in results]
+        report: dict = {"weights": display_path(args.weights), "split": args.split, "n": args.n, "seeds": seeds,
+                        "settings": settings.to_dict(), "ranks": ranks.world_size,
+                        "generators": f"one per batch of {args.batch_size} captions, seeded seed * 1000003 + batch"}
+        for count, name in ((1, "one_shape"), (2, "two_shape")):
+            report[name] = ({"n": sum(len(s.shapes) == count for s in scenes),
+                             "scores": mean_scores_of([b[count] for b in by_count])}
+                            if all(count in b for b in by_count) else None)
+        report.update({"scores": scores, "scores_per_seed": [r.scores for r in results],
+                       "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(results[0], scores)})
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_grid(results[0].images_B3HW, results[0].scenes, args.out / "samples.png")
+        (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        print_table(results[0], f"{ranks.world_size} ranks, cfg={settings.cfg:g}, {len(seeds)} seed(s)", scores)
+        print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
+        print(eval_line(results[0], scores))
+        return 0
+
+    return run_main(job, "python -m hart_edu.eval")
+
+
+# --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
 
@@ -302,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     scenes = heldout_scenes(args.n, seed=args.scene_seed, split=args.split)
+    from hart_edu.train.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # torchrun -m hart_edu.eval: the captions split over the ranks
+        return main_across_ranks(args, pipe, settings, scenes, seeds)
     args.out.mkdir(parents=True, exist_ok=True)
 
     def run(settings: GenerationConfig, given_scales: int = 0, seed: int = seeds[0]) -> EvalResult:

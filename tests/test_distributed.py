@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from hart_edu.hybrid_tokenizer import HybridTokenizer
+from hart_edu.paths import TINY_WEIGHTS
 from hart_edu.train import distributed
 from test_train_transformer import SMALL_TOK, small_settings
 
@@ -107,6 +108,32 @@ def _transformer_train(tok: str, run: str, settings: dict, stop_at: int | None, 
         return 0
 
     return distributed.run_main(job, "test")
+
+
+def _eval_job(weights: str, out: str) -> int:
+    """evaluate_across_ranks of 6 held-out captions in batches of 2 on every rank; rank 0 saves
+    the images and the scores to ``out``."""
+    from hart_edu.eval import evaluate_across_ranks, pipeline_generator
+    from hart_edu.data.scenes import heldout_scenes
+    from hart_edu.sampler import HARTPipeline
+
+    def job():
+        ranks = distributed.init("cpu", timeout_s=60)
+        pipe = HARTPipeline.from_pretrained(weights)
+        make = lambda g: pipeline_generator(pipe, pipe.generation_config, g)  # noqa: E731
+        with torch.no_grad():
+            result = evaluate_across_ranks(make, heldout_scenes(6), 2, 0, ranks)
+        if ranks.is_main:
+            torch.save({"images": result.images_B3HW, "scores": result.scores}, out)
+        return 0
+
+    return distributed.run_main(job, "test")
+
+
+def _eval_main(argv: list[str]) -> int:
+    from hart_edu.eval import main
+
+    return main(argv)
 
 
 def run_ranks(tmp: Path, job: str, args: tuple, shared_cwd: bool = True,
@@ -264,3 +291,28 @@ def test_failure_lines_name_the_failing_rank_and_the_collective():
         distributed.batch_share(8, distributed.Ranks(0, 3, 0, torch.device("cpu"), "gloo"))
     assert distributed.batch_share(8, distributed.Ranks(1, 2, 1, torch.device("cpu"), "gloo")) == slice(4, 8)
     assert not distributed.launched_by_torchrun()  # pytest itself is one plain process
+
+
+@pytest.mark.skipif(not (TINY_WEIGHTS / "llm" / "config.json").is_file(), reason="no weights/tiny")
+def test_evaluation_across_two_ranks_gives_the_numbers_of_one(tmp_path):
+    """torchrun -m hart_edu.eval splits the captions over the ranks: every batch has its own
+    generator, so 2 ranks make exactly the images (and scores) of one; rank 0 alone writes."""
+    from hart_edu.data.scenes import heldout_scenes
+    from hart_edu.eval import evaluate_across_ranks, pipeline_generator
+    from hart_edu.sampler import HARTPipeline
+
+    codes, logs, _ = run_ranks(tmp_path, "_eval_job", (str(TINY_WEIGHTS), str(tmp_path / "two.pt")))
+    assert codes == [0, 0], logs
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    pipe = HARTPipeline.from_pretrained(TINY_WEIGHTS)
+    make = lambda g: pipeline_generator(pipe, pipe.generation_config, g)  # noqa: E731
+    with torch.no_grad():
+        one = evaluate_across_ranks(make, heldout_scenes(6), 2, 0, distributed.SINGLE)
+    assert torch.equal(one.images_B3HW, two["images"]) and one.scores == two["scores"]
+
+    argv = ["--weights", str(TINY_WEIGHTS), "--n", "4", "--batch-size", "2", "--out", "eval"]
+    codes, logs, _ = run_ranks(tmp_path / "cli", "_eval_main", (argv,), shared_cwd=False)
+    assert codes == [0, 0], logs
+    assert files_under(tmp_path / "cli" / "rank1") == []
+    report = json.loads((tmp_path / "cli" / "rank0" / "eval" / "eval.json").read_text())
+    assert report["ranks"] == 2 and report["n"] == 4 and logs[0].strip().splitlines()[-1] == report["line"]

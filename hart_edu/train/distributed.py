@@ -66,6 +66,7 @@ __all__ = [
     "mean_over_ranks",
     "sum_over_ranks",
     "gather_rows",
+    "gather_objects",
     "same_on_every_rank",
     "data_parallel",
     "run_main",
@@ -201,6 +202,15 @@ def gather_rows(ranks: Ranks, x_b: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x_b) for _ in range(ranks.world_size)]
     dist.all_gather(parts, x_b.contiguous())
     return torch.cat(parts)
+
+
+def gather_objects(ranks: Ranks, obj: object) -> list[object]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not ranks.distributed:
+        return [obj]
+    parts: list[object] = [None] * ranks.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def same_on_every_rank(ranks: Ranks, value: int, what: str) -> None:
