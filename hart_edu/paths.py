@@ -1,4 +1,12 @@
-"""Where hart_edu finds its shipped files (the repository layout, for a source checkout)."""
+"""Where hart_edu finds its shipped files.
+
+Two layouts, one rule. In a source checkout (``git clone``, or ``pip install -e``) the package
+sits in the repository, beside ``pyproject.toml`` and ``weights/tiny/``, which is the source of
+truth for the tiny weights. An installed wheel (``pip install .`` or ``pip install hart_edu-*.whl``)
+carries a copy of ``weights/tiny/`` (without ``reports/``) as ``hart_edu/_weights/tiny/``,
+mapped there by ``[tool.setuptools]`` in pyproject.toml. :data:`TINY_WEIGHTS` is the checkout's
+folder when running from a checkout, else the packaged copy.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +15,25 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
-REPO_ROOT = PACKAGE_DIR.parent
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout; in an installed wheel: site-packages
+# Running from a checkout: the package's parent folder is the repository (it has pyproject.toml).
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file()
 WEIGHTS_DIR = REPO_ROOT / "weights"
-TINY_WEIGHTS = WEIGHTS_DIR / "tiny"
+PACKAGED_TINY_WEIGHTS = PACKAGE_DIR / "_weights" / "tiny"
+TINY_WEIGHTS = WEIGHTS_DIR / "tiny" if IN_CHECKOUT else PACKAGED_TINY_WEIGHTS
 GOLDEN_IN_REPO = REPO_ROOT / "tests" / "golden"
 
 
 def tiny_weights(part: str = "") -> Path:
-    """``weights/tiny[/part]`` of the source checkout; a clear error when it is not there."""
+    """``TINY_WEIGHTS[/part]`` (the checkout's ``weights/tiny`` or the wheel's copy); a clear
+    error when it is not there."""
     path = TINY_WEIGHTS / part
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: the tiny weights ship with the source checkout of hart_edu "
-            "(git clone), not with a wheel")
+        if IN_CHECKOUT:
+            fix = "they are part of the checkout: restore them with  git checkout -- weights/tiny"
+        else:
+            fix = "they ship inside the hart-edu package, so this install is incomplete: reinstall hart-edu"
+        raise FileNotFoundError(f"{path} not found: {fix}")
     return path
 
 

