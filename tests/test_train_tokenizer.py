@@ -65,3 +65,11 @@ def test_warmup_cosine_lr_shared_by_both_training_scripts():
     assert lr[4] == 1e-3 and all(a > b for a, b in zip(lr[4:], lr[5:]))  # then decays
     assert warmup_cosine_lr(20, 1e-3, 4, 20) == pytest.approx(1e-4)  # to 10%
     assert tok_train.warmup_cosine_lr is tf_train.warmup_cosine_lr is warmup_cosine_lr
+
+
+def test_training_on_the_device(tmp_path, device):
+    """--device: the model, the images and the code restarts on the device (the CPU without one)."""
+    report = train(tmp_path / "tok", tmp_path / "run", settings(6), config=SMALL, device=device, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history) == 6 and all(torch.isfinite(torch.tensor([h["loss"] for h in history])))
+    assert report["psnr_hybrid_db"] > 0 and HybridTokenizer.from_pretrained(tmp_path / "tok").config == SMALL
