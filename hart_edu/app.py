@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Studio", "StudioResult", "scale_progression", "build_ui", "add_parser", "run"]
+__all__ = ["Studio", "StudioResult", "scale_progression", "build_ui", "check_listen_address", "add_parser", "run"]
 
 MAX_SEED = 2**31 - 1  # the official app's seed range (int32)
 MAX_APP_IMAGES = 8  # images per request in the app
@@ -220,10 +220,43 @@ def add_parser(sub) -> None:
                      help="a HART tree with tokenizer/ and llm/ (default: the repository's weights/tiny)")
     app.add_argument("--text-encoder", type=Path, default=None,
                      help="the text encoder folder (default: the tree's)")
-    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    app.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    app.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on: 0.0.0.0 for every network interface (checked before the "
+                          "models load; default: 127.0.0.1)")
+    app.add_argument("--port", type=int, default=7860, help="port, free on --host (default: 7860)")
     add_safety_arguments(app)
     app.set_defaults(run=run)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Raise a ValueError with one line unless the app can listen on ``host``:``port``: the host
+    must be an IP address or a name this machine resolves, be one of its own addresses, and the
+    port must be free there. Checked by binding a socket once (and closing it) before any model
+    loads; gradio then binds it for real (a port taken in between is still reported by gradio)."""
+    import errno
+    import socket
+
+    if ":" in host:  # gradio builds http://HOST:PORT/ without brackets, and fails on an IPv6 literal
+        raise ValueError(f"--host {host} is an IPv6 address, which the app (gradio) cannot serve on: use an "
+                         f"IPv4 address such as 127.0.0.1 or 0.0.0.0, or a name such as localhost")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, OSError):
+        raise ValueError(f"--host {host!r} is not a valid IP address or a name this machine can resolve: use "
+                         f"e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every network interface)") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ValueError(f"--port {port} is already in use on {host}: choose another port") from None
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise ValueError(f"--host {host} is not an address of this machine: use e.g. 127.0.0.1 "
+                                 f"(this machine only) or 0.0.0.0 (every network interface)") from None
+            if err.errno == errno.EACCES:
+                raise ValueError(f"--port {port} on {host} needs privileges here: choose a port above 1023") from None
+            raise ValueError(f"cannot listen on --host {host} --port {port}: {err.strerror or err}") from None
 
 
 def run(args) -> int:
@@ -237,6 +270,7 @@ def run(args) -> int:
         return 2
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} must be in [1, 65535]")
+    check_listen_address(args.host, args.port)  # before the models load
     weights = args.weights if args.weights is not None else TINY_WEIGHTS
     try:
         studio = Studio.load(weights, args.text_encoder, args.safety_checker, args.safety_threshold)

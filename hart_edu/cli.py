@@ -6,8 +6,13 @@
   ``prompt.txt``).
 
 Bad input gives one line on stderr, exit status 2 and no files: everything is checked before
-the models load, and the outputs are written to hidden temporary files in the output folder
-that are renamed only once all of them are complete.
+the models load (including that the output folder can be written), and the outputs are written
+to hidden temporary files in the output folder that are renamed only once all of them are
+complete. A run's folder holds that run only: ``generate`` refuses a folder that is not empty
+unless ``--overwrite``, which replaces an earlier run's files (and refuses a folder holding
+anything else). Ctrl-C ends any command with one line and exit status 130; while the outputs
+are being written it is held back until they are complete or removed, so no temporary file
+is left behind.
 """
 
 from __future__ import annotations
@@ -17,17 +22,28 @@ import contextlib
 import dataclasses
 import importlib
 import os
+import re
+import signal
 import sys
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 # Further subcommands live in their own modules, each with ``add_parser(sub)`` (registers the
 # subcommand on the argparse sub-parsers) and ``run(args) -> int`` (exit status). Keep their
 # heavy imports inside ``run`` so ``hart-edu --help`` stays fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.app", "hart_edu.profile", "hart_edu.download", "hart_edu.convert", "hart_edu.run_real")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.app", "hart_edu.profile", "hart_edu.download", "hart_edu.convert",
+                                       "hart_edu.run_real")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a file name where generate wants a folder
+# The files one generate run writes (sample.py's names), and their hidden temporary files:
+# what ``--overwrite`` may replace in an output folder.
+_RUN_NAMES = r"(\d{6}\.png|sample_images\.png|prompt\.txt)"
+RUN_FILE = re.compile(rf"{_RUN_NAMES}|\.{_RUN_NAMES}\.\d+\.tmp")
 
 
 def add_generate_parser(sub) -> None:
@@ -81,7 +97,13 @@ def add_generate_parser(sub) -> None:
     gen.add_argument("--official-quirks", action=argparse.BooleanOptionalAction, default=True,
                      help="keep the official code's quirks (see OfficialQuirks; default: on)")
     gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
-    gen.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default: samples)")
+    gen.add_argument("--out", type=Path, default=Path("samples"),
+                     help="output folder, made if missing; it must be empty (a run's folder holds that run "
+                          "only) unless --overwrite (default: samples)")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="reuse a non-empty --out that holds an earlier run: its images and prompt.txt are "
+                          "replaced once the new ones are written; a folder holding any other file is still "
+                          "refused (default: off)")
     gen.add_argument("--grid", action=argparse.BooleanOptionalAction, default=False,
                      help="one sample_images.png grid instead of one PNG per image (default: off)")
     gen.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -130,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``hart-edu`` command; its exit status (0, 2 for bad input, 130 for Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -142,9 +165,23 @@ def main(argv: list[str] | None = None) -> int:
             return generate_main(args)
         return args.run(args)  # a SUBCOMMAND_MODULES command: add_parser set run= as its default
     except (OSError, ValueError) as err:  # CheckpointError and UnicodeDecodeError are ValueErrors
-        message = " ".join(str(err).split())  # one line
-        print(f"hart-edu {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_error(f"hart-edu {args.command}", err)
+    except KeyboardInterrupt:
+        return report_interrupt(f"hart-edu {args.command}")
+
+
+def report_error(program: str, err: BaseException) -> int:
+    """Print ``err`` as one line on stderr (``PROGRAM: error: ...``); the bad-input exit status."""
+    message = " ".join(str(err).split())  # one line
+    print(f"{program}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def report_interrupt(program: str) -> int:
+    """Ctrl-C: one line on stderr instead of a traceback; exit status 130. Outputs are written
+    all or nothing (:func:`write_all_or_nothing`, :func:`atomic_output`), so none is half there."""
+    print(f"{program}: interrupted (Ctrl-C)", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 # --------------------------------------------------------------------------------------
@@ -191,11 +228,10 @@ def generate_main(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     check_prompt_texts(request.prompts)
     check_image_count(len(request.prompts), request.num_images_per_prompt)
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a folder")
     if args.out.suffix.lower() in IMAGE_SUFFIXES and not args.out.exists():
         raise ValueError(f"--out {args.out} looks like an image file name: --out is the folder that gets "
                          f"one PNG per image (e.g. --out {args.out.with_suffix('')})")
+    earlier_run = check_output_folder(args.out, overwrite=args.overwrite)
     no_quirks = OfficialQuirks(**{f.name: False for f in dataclasses.fields(OfficialQuirks)})
     quirks = OFFICIAL if args.official_quirks else no_quirks
     from hart_edu.cpu_dtype import choose_cpu_dtype, print_choice
@@ -224,7 +260,7 @@ def generate_main(args: argparse.Namespace) -> int:
     # 3. Write everything, or nothing.
     files = {"prompt.txt": "\n".join(request.prompts).encode("utf-8")}
     files.update(images)
-    written = write_all_or_nothing(args.out, files)
+    written = write_all_or_nothing(args.out, files, replace=earlier_run)
     n_images = len(request.prompts) * request.num_images_per_prompt
     kind = "a grid of" if args.grid else "one PNG per image for"
     print(f"wrote {kind} {n_images} image(s) and prompt.txt to {args.out}: {', '.join(p.name for p in written)}")
@@ -295,32 +331,154 @@ def transformers_progress_bars(enabled: bool):
             (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
 
 
-def write_all_or_nothing(folder: Path, files: dict[str, bytes]) -> list[Path]:
-    """Write ``files`` (name -> bytes) into ``folder``: first to hidden temporary files beside
-    their targets, then rename them all; on any error remove the temporary files (and the
-    folder if this call created it)."""
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary: list[tuple[Path, Path]] = []
+# --------------------------------------------------------------------------------------
+# Outputs: checked before the models load, written all or nothing
+# --------------------------------------------------------------------------------------
+
+
+def check_writable(folder: Path, option: str, value: Path | None = None) -> None:
+    """Raise a ValueError naming ``option`` (and its ``value``, default ``folder``) unless a file
+    can be created in ``folder``, or, if it does not exist yet, in its nearest existing ancestor
+    (where the missing folders would be made). Tried with a real temporary file, so a read-only
+    file system is found also by root."""
+    folder = Path(folder)
+    value = folder if value is None else value
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {value}: {ancestor} is a file, not a folder: choose another path")
+    with interrupts_deferred():  # never leave the probe file behind
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".hart-edu-write-check.", dir=ancestor)
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise ValueError(f"{option} {value} cannot be written ({reason} in {ancestor}): "
+                             f"choose a folder you can write to") from None
+        os.close(fd)
+        os.unlink(probe)
+
+
+def check_output_folder(folder: Path, *, overwrite: bool = False, option: str = "--out") -> list[Path]:
+    """generate's output folder, before any model loads; returns the earlier run's files that
+    the new run replaces (empty unless ``overwrite``).
+
+    The folder may be missing (it is made when the images are written) or empty; a non-empty
+    folder is refused unless ``overwrite``, and even then it may hold only what a generate run
+    writes (:data:`RUN_FILE`: ``NNNNNN.png``, ``sample_images.png``, ``prompt.txt`` and their
+    hidden temporary files), so that a run's folder holds that run only and ``--overwrite``
+    never deletes a file it did not write. Last, the folder must be writable."""
+    folder = Path(folder)
+    earlier: list[Path] = []
+    if folder.exists():
+        if not folder.is_dir():
+            raise ValueError(f"{option} {folder} exists and is not a folder")
+        entries = sorted(folder.iterdir())
+        if entries and not overwrite:
+            raise ValueError(
+                f"{option} {folder} is not empty ({_names(entries)}): a run's folder holds that run only; "
+                f"choose a new folder, or pass --overwrite to replace an earlier run's files")
+        foreign = [p for p in entries if not (p.is_file() and RUN_FILE.fullmatch(p.name))]
+        if foreign:
+            raise ValueError(
+                f"{option} {folder} holds {_names(foreign)}, which hart-edu generate did not write: --overwrite "
+                f"replaces an earlier run's images and prompt.txt only; choose another folder")
+        earlier = entries
+    check_writable(folder, option)
+    return earlier
+
+
+def _names(paths: list[Path], limit: int = 3) -> str:
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def check_output_file(path: Path, option: str) -> Path:
+    """A file option's path (``run-real --json``, ``demo --record``), before any work: not a
+    folder, in an existing folder that can be written. Refused in one line otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder: give the file to write, e.g. {path / 'report.json'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"{option} {path}: folder {path.parent} does not exist: create it first")
+    check_writable(path.parent, option, path)
+    return path
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[callable]:
+    """Hold back Ctrl-C (SIGINT) for the block: it is recorded, not raised; the block may poll
+    the callable it is given (True once Ctrl-C came) and give up cleanly. If one came and the
+    block ended normally, KeyboardInterrupt is raised after it. Outside the main thread (where
+    Python cannot set signal handlers) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
-        for name, data in files.items():
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-            temporary.append((tmp, folder / name))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        for tmp, final in temporary:
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in temporary:
-            tmp.unlink(missing_ok=True)
-        if created:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if received:
+        raise KeyboardInterrupt
+
+
+def write_all_or_nothing(folder: Path, files: dict[str, bytes], replace: Iterable[Path] = ()) -> list[Path]:
+    """Write ``files`` (name -> bytes) into ``folder``: first to hidden temporary files beside
+    their targets, then rename them all; on any error or Ctrl-C remove the temporary files (and
+    the folders this call created). Ctrl-C is held back meanwhile (:func:`interrupts_deferred`)
+    and honoured between files, so it never leaves a temporary file behind. ``replace``: files
+    of an earlier run (``--overwrite``); those the new files do not overwrite are removed once
+    every new file is in place. Files are created with the usual mode (0666 less the umask)."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    temporary: list[tuple[Path, Path]] = []
+    with interrupts_deferred() as interrupted:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                if interrupted():
+                    raise KeyboardInterrupt
+                tmp = folder / f".{name}.{os.getpid()}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+                temporary.append((tmp, folder / name))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            if interrupted():
+                raise KeyboardInterrupt
+            for tmp, final in temporary:
+                os.replace(tmp, final)
+        except BaseException:
+            for tmp, _ in temporary:
+                tmp.unlink(missing_ok=True)
+            for path in made:
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+            raise
+        finals = {final for _, final in temporary}
+        for old in replace:
+            if old not in finals:
+                old.unlink(missing_ok=True)
     return [final for _, final in temporary]
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``path`` (same suffix, so writers that go by it,
+    e.g. matplotlib, keep the format); rename it to ``path`` when the block succeeds, remove it
+    on any error or Ctrl-C. For outputs written by another library (a figure, a JSON report)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with interrupts_deferred():
+            os.replace(tmp, path)
+    finally:
+        with interrupts_deferred():
+            tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ so no checkpoint holds them.
 
 ``pytorch_model.bin`` becomes ``model.safetensors`` and ``ema_model.bin``
 ``ema_model.safetensors`` (same tensors, same dtype, minus the keys above);
-``config.json`` is copied when the output is another folder. The loaders
+``config.json`` is copied when the output is another folder. All or nothing: every output
+is written to a hidden temporary file and renamed only when the whole tree has converted
+(a failing ``llm/`` leaves no converted ``tokenizer/``), with the usual file mode (0666 less
+the umask, not safetensors' 0600). The loaders
 (:func:`hart_edu.checkpoint.find_weight_file`) take ``*.safetensors`` before ``*.bin``, so a
 converted folder is used as soon as it exists, also in place (``OUT`` = ``SRC``, the default:
 the ``.bin`` files can then be deleted). Safetensors loads without unpickling anything and
@@ -105,72 +108,137 @@ def _model_type(folder: Path) -> str:
     return model_type
 
 
-def _save_atomic(state: dict[str, torch.Tensor], target: Path) -> None:
-    """safetensors to ``target`` via a hidden temporary file (never half a file)."""
-    from safetensors.torch import save_file
+def _usual_file_mode() -> int:
+    """0666 less the process's umask: the mode ``open()`` gives a new file (0644 under the
+    common umask 022). safetensors' writer creates its files 0600; outputs get this instead."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(umask)
+    return 0o666 & ~umask
 
+
+def _tensors_to_save(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors with no shared storage (safetensors refuses it: repeats are copied)."""
     seen: set[tuple[int, int]] = set()
     tensors = {}
-    for key, tensor in state.items():  # safetensors refuses shared storage: copy repeats
+    for key, tensor in state.items():
         tensor = tensor.contiguous()
         ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
         tensors[key] = tensor.clone() if ident in seen and tensor.numel() else tensor
         seen.add(ident)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return tensors
+
+
+class _Staging:
+    """All or nothing for a conversion: every output is first written to a hidden temporary
+    file beside its target (``.NAME.PID.tmp``), in the usual file mode; :meth:`commit` renames
+    them all at the end (Ctrl-C held back meanwhile). Leaving the ``with`` block without a
+    commit (an error, Ctrl-C) removes the temporary files and the folders it made, so a tree
+    whose ``llm/`` fails leaves no converted ``tokenizer/`` behind, and earlier outputs stay."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []  # (temporary, target)
+        self.made: list[Path] = []  # folders made, in order
+        self.mode = _usual_file_mode()
+
+    def __enter__(self) -> "_Staging":
+        return self
+
+    def folder(self, path: Path) -> None:
+        """Make ``path`` (and its missing parents), remembering them for the clean-up."""
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        self.made.extend(reversed(missing))
+
+    def temporary(self, target: Path) -> Path:
+        """A temporary path for ``target``, registered before anything is written to it."""
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        self.pending.append((tmp, target))
+        return tmp
+
+    def save(self, state: dict[str, torch.Tensor], target: Path) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.temporary(target)
+        save_file(_tensors_to_save(state), str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, self.mode)
+
+    def copy(self, source: Path, target: Path) -> None:
+        tmp = self.temporary(target)
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, self.mode)
+
+    def commit(self) -> None:
+        from hart_edu.cli import interrupts_deferred
+
+        with interrupts_deferred():
+            for tmp, target in self.pending:
+                os.replace(tmp, target)
+            self.pending.clear()
+            self.made.clear()
+
+    def __exit__(self, *exc) -> None:
+        from hart_edu.cli import interrupts_deferred
+
+        with interrupts_deferred():
+            for tmp, _ in self.pending:
+                tmp.unlink(missing_ok=True)
+            for folder in reversed(self.made):  # deepest first
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stage_folder(src: Path, out: Path, staging: _Staging) -> list[ConvertedFile]:
+    """Convert one checkpoint folder's ``*.bin`` files into ``staging`` (see :func:`convert_folder`)."""
+    from hart_edu.checkpoint import CheckpointError, load_weight_file
+
+    model_type = _model_type(src)
+    bins = sorted(p for p in src.glob("*.bin") if p.is_file())
+    if not bins:
+        raise CheckpointError(f"no .bin weight files in {src} (nothing to convert)")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"output {out} exists and is not a folder")
+    staging.folder(out)
+    converted: list[ConvertedFile] = []
+    for path in bins:
+        state = load_weight_file(path)  # also refuses NaN and stray infinities, naming the key
+        dropped = {k: v.numel() * v.element_size() for k, v in state.items() if training_only(model_type, k)}
+        for key in (k for k in dropped if k.endswith("zero_k_bias")):
+            if bool(state[key].any()):
+                raise CheckpointError(f"{path}: {key} is not zero, so it is not a training-only constant")
+        kept = {k: v for k, v in state.items() if k not in dropped}
+        target = out / (path.stem.removeprefix("pytorch_") + ".safetensors")  # the loaders' names
+        staging.save(kept, target)
+        converted.append(ConvertedFile(path, target, len(kept), dropped))
+        del state, kept
+    if out.resolve() != src.resolve():
+        staging.copy(src / "config.json", out / "config.json")
+    return converted
 
 
 def convert_folder(src: str | Path, out: str | Path | None = None) -> list[ConvertedFile]:
     """Convert every ``*.bin`` weight file of one checkpoint folder (``llm/`` or ``tokenizer/``).
 
     Writes ``model.safetensors`` / ``ema_model.safetensors`` into ``out`` (default ``src``) and copies config.json
-    when ``out`` is another folder; all or nothing (a file that fails removes what this call
-    wrote). A zero_k_bias that is not zero is refused (it would not be training-only).
+    when ``out`` is another folder; all or nothing (see :class:`_Staging`), in the usual file
+    mode. A zero_k_bias that is not zero is refused (it would not be training-only).
     Returns what was converted and dropped.
     """
-    from hart_edu.checkpoint import CheckpointError, load_weight_file
-
     src = Path(src)
-    model_type = _model_type(src)
-    out = Path(out) if out is not None else src
-    bins = sorted(p for p in src.glob("*.bin") if p.is_file())
-    if not bins:
-        raise CheckpointError(f"no .bin weight files in {src} (nothing to convert)")
-    created_dir = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    converted: list[ConvertedFile] = []
-    created: list[Path] = []  # files this call made: removed again if a later file fails
-    try:
-        for path in bins:
-            state = load_weight_file(path)
-            dropped = {k: v.numel() * v.element_size() for k, v in state.items() if training_only(model_type, k)}
-            for key in (k for k in dropped if k.endswith("zero_k_bias")):
-                if bool(state[key].any()):
-                    raise CheckpointError(f"{path}: {key} is not zero, so it is not a training-only constant")
-            kept = {k: v for k, v in state.items() if k not in dropped}
-            target = out / (path.stem.removeprefix("pytorch_") + ".safetensors")  # the loaders' names
-            if not target.exists():
-                created.append(target)
-            _save_atomic(kept, target)
-            converted.append(ConvertedFile(path, target, len(kept), dropped))
-            del state, kept
-        if out.resolve() != src.resolve():
-            shutil.copy2(src / "config.json", out / "config.json")
-    except BaseException:
-        for path in created:
-            path.unlink(missing_ok=True)
-        if created_dir:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with _Staging() as staging:
+        converted = _stage_folder(src, Path(out) if out is not None else src, staging)
+        staging.commit()
     return converted
 
 
 def convert_tree(src: str | Path, out: str | Path | None = None) -> list[ConvertedFile]:
-    """A HART tree (``tokenizer/`` and ``llm/``) or a single checkpoint folder."""
+    """A HART tree (``tokenizer/`` and ``llm/``) or a single checkpoint folder; all or nothing
+    over the whole tree: if one file fails, no output of the tree is left (nor a folder this
+    call made), and files from an earlier conversion stay as they were."""
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {src}")
@@ -178,7 +246,10 @@ def convert_tree(src: str | Path, out: str | Path | None = None) -> list[Convert
     if not parts:
         return convert_folder(src, out)
     out = Path(out) if out is not None else src
-    return [c for name in parts for c in convert_folder(src / name, out / name)]
+    with _Staging() as staging:
+        converted = [c for name in parts for c in _stage_folder(src / name, out / name, staging)]
+        staging.commit()
+    return converted
 
 
 def add_parser(sub) -> None:

@@ -71,6 +71,9 @@ def check_png_out(out: str | Path) -> Path:
         raise ValueError(f"--out {path} does not end in .png: the demo writes one PNG image, e.g. {path}.png")
     if not path.parent.is_dir():
         raise ValueError(f"--out {path}: folder {path.parent} does not exist: create it first")
+    from hart_edu.cli import check_writable
+
+    check_writable(path.parent, "--out", path)
     return path
 
 
@@ -81,7 +84,10 @@ def tokenizer_main(out: str | Path = "demo.png", weights: str | Path | None = No
     scenes = SceneDataset("heldout", size=size, length=n_scenes, seed=7)
     imgs = [load_image(photo_path(), size)] + [scenes[i].image_3HW for i in range(n_scenes)]
     labels = ["photo (never seen)"] + [f"held-out scene {i}" for i in range(n_scenes)]
-    psnr_d, psnr_h = reconstruction_figure(tok, torch.stack(imgs), labels, out)
+    from hart_edu.cli import atomic_output
+
+    with atomic_output(out) as tmp:  # the whole PNG or none (also on Ctrl-C)
+        psnr_d, psnr_h = reconstruction_figure(tok, torch.stack(imgs), labels, tmp)
     for label, d, h in zip(labels, psnr_d, psnr_h):
         print(f"{label:<22} PSNR discrete-only {d:5.2f} dB   hybrid {h:5.2f} dB   (+{h - d:.2f} dB)")
     print(f"wrote {out}")
@@ -111,11 +117,14 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
     from hart_edu.cpu_dtype import cpu_features
     from hart_edu.data.scenes import BACKGROUND_TOLERANCE, clean_background_share
 
+    from hart_edu.cli import atomic_output, check_output_file
     from hart_edu.eval import pipeline_generator, save_grid
     from hart_edu.generation_config import GENERATION_CONFIG
     from hart_edu.sampler import HARTPipeline
 
     out = check_png_out(out)
+    if record is not None:
+        record = check_output_file(record, "--record")
     if n < 1:
         raise ValueError(f"the demo needs at least one image, got n={n}")
     root = Path(weights if weights is not None else TINY_WEIGHTS)
@@ -137,7 +146,8 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
     images_B3HW = torch.cat(images)
     correct = [check_image(img, scene).correct for img, scene in zip(images_B3HW, scenes)]
     clean = [clean_background_share(img, scene) for img, scene in zip(images_B3HW, scenes)]
-    save_grid(images_B3HW, scenes, out, count=n, columns=min(n, 6))
+    with atomic_output(out) as tmp:  # the whole PNG or none (also on Ctrl-C)
+        save_grid(images_B3HW, scenes, tmp, count=n, columns=min(n, 6))
     for scene, ok, t, c in zip(scenes, correct, seconds, clean):
         print(f"{'ok  ' if ok else 'MISS'} {t:5.3f} s  background {c:6.1%} clean  {scene.caption}")
     median = sorted(seconds)[len(seconds) // 2]
@@ -149,12 +159,14 @@ def main(out: str | Path = "demo.png", weights: str | Path | None = None, n: int
           f"{BACKGROUND_TOLERANCE:g} of the named colour)")
     print(f"wrote {out}")
     if record is not None:
-        Path(record).write_text(json.dumps({
+        measured = {
             "n": n, "seed": seed, "settings": settings.to_dict(), "correct": sum(correct),
             "median_seconds_per_image": round(median, 4), "threads": threads, "cpu": cpu_features().as_dict(),
             "clean_background_mean": sum(clean) / n, "clean_background_min": min(clean),
             "background_tolerance": BACKGROUND_TOLERANCE,
             "images": [{"caption": s.caption, "correct": ok, "clean_background": c, "seconds": round(t, 4)}
-                       for s, ok, c, t in zip(scenes, correct, clean, seconds)]}, indent=2) + "\n")
+                       for s, ok, c, t in zip(scenes, correct, clean, seconds)]}
+        with atomic_output(record) as tmp:
+            tmp.write_text(json.dumps(measured, indent=2) + "\n")
         print(f"wrote {record}")
     return 0

@@ -230,7 +230,8 @@ def add_parser(sub) -> None:
                    help="free the text encoder's weights once the prompt is encoded (default: on; "
                         "the pipeline's release_text_encoder=True)")
     p.add_argument("--profile", action="store_true", help="also print the 20 most expensive torch ops")
-    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the report as JSON to this file, in an existing folder (checked before the run)")
     p.set_defaults(run=run)
 
 
@@ -244,7 +245,11 @@ def run(args: argparse.Namespace) -> int:
 
     from hart_edu.limits import check_prompt_texts
 
+    from hart_edu.cli import atomic_output, check_output_file
+
     check_prompt_texts([args.prompt])  # before any model is built
+    if args.json is not None:  # a folder that is missing or read-only is found now, not after the run
+        check_output_file(args.json, "--json")
     if args.threads is not None:  # in [1, max_threads()]: hart_edu.limits.thread_count checked it
         torch.set_num_threads(args.threads)
     machine = machine_info()  # before the run: its load average is the other jobs' load
@@ -298,5 +303,6 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     if args.json is not None:
-        args.json.write_text(json.dumps(report.__dict__, indent=2, default=str) + "\n", encoding="utf-8")
+        with atomic_output(args.json) as tmp:  # the whole report or none (also on Ctrl-C)
+            tmp.write_text(json.dumps(report.__dict__, indent=2, default=str) + "\n", encoding="utf-8")
     return 0

@@ -153,6 +153,10 @@ def test_app_without_gradio_says_how_to_install(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--port", "70000"], "--port 70000"),
+    (["--host", "256.1.1.1"], "--host '256.1.1.1' is not a valid IP address or a name this machine can resolve"),
+    (["--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),  # TEST-NET-1: never local
+    (["--host", "::1"], "--host ::1 is an IPv6 address"),
+    (["--host", ""], "is not a valid IP address"),
     (["--weights", "/nonexistent/hart"], "not found"),
     (["--safety-checker", "/nonexistent/shieldgemma"], "no config.json"),
 ])
@@ -162,3 +166,25 @@ def test_app_command_bad_input_is_one_line(tree, capsys, argv, fragment):
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if "error:" in line] == [err.splitlines()[-1]]
     assert fragment in err and "Traceback" not in err
+
+
+def test_app_on_a_port_in_use_says_so_before_loading(tree, capsys, monkeypatch):
+    """Checked before the models load (it used to fail after, and ``--host 256.1.1.1`` blamed
+    the port)."""
+    import hart_edu.app
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the models were loaded for an address the app cannot listen on")
+
+    monkeypatch.setattr(hart_edu.app.Studio, "load", no_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["app", "--weights", str(tree), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"hart-edu app: error: --port {port} is already in use on 127.0.0.1: "
+                                        "choose another port"], err
+    for argv in (["--host", "256.1.1.1"], ["--host", "192.0.2.1"]):
+        assert cli.main(["app", "--weights", str(tree), *argv]) == 2
+        assert "--host" in capsys.readouterr().err

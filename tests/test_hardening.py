@@ -314,3 +314,323 @@ def test_a_pickle_that_runs_code_is_refused(tree, tmp_path, capsys, app_must_not
     else:
         pickle.loads(bad.read_bytes())
     assert marker.exists()
+
+
+# --------------------------------------------------------------------- issue 13: second round
+
+
+def poison_safetensors(path: Path, value: float = float("nan")) -> str:
+    """Overwrite the first element of the first float32 tensor (in data order) of a
+    safetensors file with ``value``; the header stays valid. Returns the tensor's key."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    floats = sorted((spec["data_offsets"][0], key) for key, spec in header.items()
+                    if key != "__metadata__" and spec["dtype"] == "F32" and spec["data_offsets"][1] > spec["data_offsets"][0])
+    start, key = floats[0]
+    at = 8 + header_len + start
+    data[at : at + 4] = struct.pack("<f", value)
+    path.write_bytes(bytes(data))
+    return key
+
+
+def poison_bin(path: Path, value: float = float("nan")) -> str:
+    """Set one element of the first floating-point weight of a torch.save file to ``value``
+    (saved again: its CRC-32s are valid). Returns the key."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() and k != "attn_bias_for_masking")
+    state[key].view(-1)[0] = value
+    torch.save(state, path)
+    return key
+
+
+NOT_FINITE = {
+    "NaN in tokenizer safetensors": (lambda t: poison_safetensors(to_safetensors(t / "tokenizer")),
+                                     "tokenizer/model.safetensors", "NaN"),
+    "NaN in llm safetensors": (lambda t: poison_safetensors(to_safetensors(t / "llm")),
+                               "llm/model.safetensors", "NaN"),
+    "NaN in ema .bin": (lambda t: poison_bin(t / "llm" / "ema_model.bin"), "llm/ema_model.bin", "NaN"),
+    "inf in llm .bin": (lambda t: poison_bin(t / "llm" / "pytorch_model.bin", float("inf")),
+                        "llm/pytorch_model.bin", "infinite"),
+    "-inf in tokenizer safetensors": (lambda t: poison_safetensors(to_safetensors(t / "tokenizer"), float("-inf")),
+                                      "tokenizer/model.safetensors", "infinite"),
+}
+
+
+@pytest.mark.parametrize("command", ["generate", "app", "convert"])
+@pytest.mark.parametrize("case", list(NOT_FINITE))
+def test_weights_that_are_not_finite_are_refused_naming_file_and_key(tree, tmp_path, capsys, app_must_not_serve,
+                                                                      case, command):
+    """Safetensors carry no checksum: NaN data bytes loaded fine and failed later in sampling
+    with a RuntimeError naming neither file nor key. (attn_bias_for_masking, the official
+    -inf mask, is loaded in every other test: infinities are allowed there only.)"""
+    damage, file, what = NOT_FINITE[case]
+    if command == "convert" and file.endswith(".safetensors"):
+        pytest.skip("convert reads the .bin files only")
+    key = damage(tree)
+    out = tmp_path / "out"
+    argv = {"generate": generate(tree, out, "--prompt", "w1"), "app": ["app", "--weights", str(tree)],
+            "convert": ["convert", str(tree), str(out)]}[command]
+    code, err = run_cli(argv, capsys)
+    assert_one_clear_line(code, err, f"{tree / file} is damaged: tensor {key!r} holds 1 {what}")
+    assert not out.exists()
+
+
+def test_the_finiteness_check_is_one_pass_per_tensor():
+    """check_finite reads each tensor once with aminmax (no mask): a NaN anywhere, an infinity
+    outside the official -inf mask, and an empty or integer tensor are handled."""
+    from hart_edu.checkpoint import CheckpointError, check_finite
+
+    mask = torch.full((4, 4), float("-inf")).triu(1)
+    check_finite({"attn_bias_for_masking": mask, "empty": torch.zeros(0), "ids": torch.arange(3),
+                  "w": torch.randn(8, dtype=torch.bfloat16)}, source="ok")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bad = torch.randn(100).to(dtype)
+        bad[57] = float("nan")
+        with pytest.raises(CheckpointError, match=r"src is damaged: tensor 'b' holds 1 NaN value\(s\) \(of 100\)"):
+            check_finite({"a": torch.ones(3, dtype=dtype), "b": bad}, source="src")
+    with pytest.raises(CheckpointError, match="'attn_bias_for_masking' holds 1 NaN"):
+        check_finite({"attn_bias_for_masking": torch.tensor([0.0, float("nan")])}, source="src")
+    with pytest.raises(CheckpointError, match="'w' holds 2 infinite"):
+        check_finite({"w": torch.tensor([float("inf"), float("-inf"), 1.0])}, source="src")
+
+
+# ------------------------------------------------------------------------- outputs: --out
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_out_reused_is_refused_unless_overwrite_which_leaves_only_the_new_run(pristine, tmp_path, capsys):
+    """A run's folder holds that run only: old images never stay beside a new prompt.txt."""
+    out = tmp_path / "out"
+    assert run_cli(generate(pristine, out, "--prompt", "w1", "--num-images", "3"), capsys)[0] == 0
+    first = files_under(out)
+    assert sorted(first) == ["000000.png", "000001.png", "000002.png", "prompt.txt"]
+
+    code, err = run_cli(generate(pristine, out, "--prompt", "w2"), capsys)
+    assert_one_clear_line(code, err, f"--out {out} is not empty (000000.png, 000001.png, 000002.png and 1 more)")
+    assert "--overwrite" in err.splitlines()[-1]
+    assert files_under(out) == first  # untouched
+
+    code, err = run_cli(generate(pristine, out, "--prompt", "w2", "--overwrite"), capsys)
+    assert code == 0, err
+    assert sorted(files_under(out)) == ["000000.png", "prompt.txt"]  # 000001/000002.png of the old run are gone
+    assert (out / "prompt.txt").read_text(encoding="utf-8") == "w2"
+    fresh = tmp_path / "fresh"
+    assert run_cli(generate(pristine, fresh, "--prompt", "w2"), capsys)[0] == 0
+    assert files_under(out) == files_under(fresh)  # exactly what a run into an empty folder writes
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_overwrite_never_deletes_a_file_generate_did_not_write(pristine, tmp_path, capsys, overwrite):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "000000.png").write_bytes(b"an earlier run")
+    (out / "notes.md").write_text("mine", encoding="utf-8")
+    (out / "sub").mkdir()
+    before = files_under(out)
+    code, err = run_cli(generate(pristine, out, "--prompt", "w1", *(["--overwrite"] if overwrite else [])), capsys)
+    fragment = "holds notes.md, sub/, which hart-edu generate did not write" if overwrite else "is not empty"
+    assert_one_clear_line(code, err, fragment)
+    assert files_under(out) == before and (out / "sub").is_dir()
+
+
+def test_overwrite_help_and_readme_say_what_it_does():
+    gen = cli.build_parser()._subparsers._group_actions[0].choices["generate"]
+    help_text = " ".join(gen.format_help().split())
+    assert "--overwrite" in help_text and "a run's folder holds that run only" in help_text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "--overwrite" in readme
+
+
+def _model_must_not_load(monkeypatch):
+    import hart_edu.profile
+    import hart_edu.sampler
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded although the output cannot be written")
+
+    monkeypatch.setattr(hart_edu.sampler.HARTPipeline, "from_pretrained", no_model)
+    monkeypatch.setattr(hart_edu.profile, "random_release_pipeline", no_model)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (a folder nobody can write, root included)")
+@pytest.mark.parametrize("case", ["generate --out unwritable", "generate --out under a file",
+                                  "run-real --json under a missing folder", "run-real --json unwritable",
+                                  "run-real --json a folder", "demo --record under a missing folder"])
+def test_outputs_that_cannot_be_written_are_refused_before_any_model_loads(tmp_path, capsys, monkeypatch, case):
+    """Found first, not as a raw errno after the whole generation or measurement. /proc/self
+    stands for a read-only folder: no file can be made there, also by root (chmod would not
+    stop root; a read-only mount gives the same 'cannot be written' line)."""
+    _model_must_not_load(monkeypatch)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x", encoding="utf-8")
+    run_real = ["run-real", "--random-weights", "--size", "tiny", "--json"]
+    argv, fragment = {
+        "generate --out unwritable": (["generate", "--prompt", "w1", "--out", "/proc/self/hart-out"],
+                                      "--out /proc/self/hart-out cannot be written"),
+        "generate --out under a file": (["generate", "--prompt", "w1", "--out", str(a_file / "out")],
+                                        f"{a_file} is a file, not a folder"),
+        "run-real --json under a missing folder": ([*run_real, str(tmp_path / "missing" / "r.json")],
+                                                   f"folder {tmp_path / 'missing'} does not exist"),
+        "run-real --json unwritable": ([*run_real, "/proc/self/r.json"], "--json /proc/self/r.json cannot be written"),
+        "run-real --json a folder": ([*run_real, str(tmp_path)], "is a folder"),
+        "demo --record under a missing folder": (["demo", "--out", str(tmp_path / "d.png"), "--record",
+                                                  str(tmp_path / "missing" / "r.json")], "does not exist"),
+    }[case]
+    before = sorted(tmp_path.rglob("*"))
+    code, err = run_cli(argv, capsys)
+    assert_one_clear_line(code, err, fragment)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,
+                    reason="root writes into a read-only folder anyway (see the /proc case above)")
+def test_a_read_only_out_folder_is_refused_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    _model_must_not_load(monkeypatch)
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        code, err = run_cli(["generate", "--prompt", "w1", "--out", str(out / "run")], capsys)
+    finally:
+        out.chmod(0o755)
+    assert_one_clear_line(code, err, "cannot be written (Permission denied")
+
+
+# ---------------------------------------------------------------------------------- Ctrl-C
+
+
+def assert_interrupted(code: int, err: str, command: str) -> None:
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"hart-edu {command}: interrupted (Ctrl-C)", err
+
+
+def test_ctrl_c_while_generating_is_one_line_and_no_files(pristine, tmp_path, capsys, monkeypatch):
+    import hart_edu.sampler
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hart_edu.sampler.HARTPipeline, "__call__", interrupted)
+    out = tmp_path / "deep" / "out"
+    code, err = run_cli(generate(pristine, out, "--prompt", "w1"), capsys)
+    assert_interrupted(code, err, "generate")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("at", [1, 2, 3])  # Ctrl-C as the 1st, 2nd, 3rd temporary file is created
+@pytest.mark.parametrize("earlier_run", [False, True])
+def test_ctrl_c_while_writing_leaves_no_temporary_file(pristine, tmp_path, capsys, monkeypatch, at, earlier_run):
+    """A real SIGINT sent while the outputs are written: held back until the file being
+    written is complete, then every temporary file is removed (no ``.*.tmp``), no new folder
+    stays, and an earlier run (--overwrite) stays as it was."""
+    import signal
+
+    out = tmp_path / "out"
+    extra = ["--num-images", "2"]
+    if earlier_run:
+        assert run_cli(generate(pristine, out, "--prompt", "w9", *extra), capsys)[0] == 0
+        extra.append("--overwrite")
+    before = files_under(tmp_path)
+    real_open, opened = os.open, []
+
+    def open_then_ctrl_c(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if str(path).endswith(".tmp"):
+            opened.append(path)
+            if len(opened) == at:
+                os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C now
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_ctrl_c)
+    code, err = run_cli(generate(pristine, out, "--prompt", "w1", *extra), capsys)
+    monkeypatch.undo()
+    assert len(opened) == at  # it stopped right after the file being written
+    assert_interrupted(code, err, "generate")
+    assert files_under(tmp_path) == before  # no .tmp, nothing new, the earlier run intact
+    assert out.exists() == earlier_run
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
+
+
+# --------------------------------------------------------------------------------- convert
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_convert_is_all_or_nothing_when_llm_fails(tree, tmp_path, capsys, in_place):
+    """The tokenizer converts first: it used to stay converted when llm/ then failed."""
+    truncate(tree / "llm" / "ema_model.bin")
+    out = tree if in_place else tmp_path / "converted"
+    before = files_under(tree)
+    code, err = run_cli(["convert", str(tree), *([] if in_place else [str(out)])], capsys)
+    assert_one_clear_line(code, err, f"cannot read weights from {tree / 'llm' / 'ema_model.bin'}")
+    assert files_under(tree) == before  # no tokenizer/model.safetensors, no temporary file
+    assert in_place or not out.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_convert_outputs_get_the_usual_file_mode(tree, tmp_path, capsys, umask):
+    """safetensors creates its files 0600; outputs get 0666 less the umask, as open() does."""
+    old = os.umask(umask)
+    try:
+        code, err = run_cli(["convert", str(tree), str(tmp_path / "converted")], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    written = sorted(p for p in (tmp_path / "converted").rglob("*") if p.is_file())
+    assert [p.name for p in written] == ["config.json", "ema_model.safetensors", "model.safetensors",
+                                         "config.json", "model.safetensors"]
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~umask)}
+
+
+# ---------------------------------------------------------------------- parity --manifest
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"{bad", "is not valid JSON (Expecting property name enclosed in double quotes at line 1, column 2)"),
+    (b"[1, 2]", "must hold a JSON object, got list"),
+    (b"{}", "has no part(s) tokenizer, transformer_llm, transformer_llm_alt"),
+    (b"\xff\xfe{", "is not UTF-8 text"),
+    (None, "manifest not found"),
+])
+def test_parity_manifest_that_is_not_a_manifest_is_one_line(tmp_path, capsys, content, fragment):
+    from hart_edu.parity.__main__ import main as parity_main
+
+    path = tmp_path / "manifest.json"
+    if content is not None:
+        path.write_bytes(content)
+    before = sorted(tmp_path.rglob("*"))
+    code = parity_main(["--manifest", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("python -m hart_edu.parity: error: manifest")
+    assert fragment in err, err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+# ------------------------------------------------------------------- text encoder code
+
+
+def test_a_text_encoder_asking_for_its_own_code_is_refused_at_the_cli(pristine, tmp_path, capsys, monkeypatch):
+    """transformers used to ask on stdin whether to run the folder's code ("y" ran it): with
+    trust_remote_code=False it is one line, nothing is asked (stdin is closed) and the code
+    never runs."""
+    import io
+
+    folder = Path(shutil.copytree(pristine / "text_encoder", tmp_path / "custom_encoder"))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="custom_encoder", auto_map={"AutoConfig": "custom.CustomConfig",
+                                                         "AutoModel": "custom.CustomModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    ran = tmp_path / "ran"
+    (folder / "custom.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # an input() would fail, not wait
+    out = tmp_path / "out"
+    code, err = run_cli(generate(pristine, out, "--prompt", "w1", "--text-encoder", str(folder)), capsys)
+    assert_one_clear_line(code, err, "cannot load the text encoder")
+    assert not ran.exists() and not out.exists()

@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             results = check_manifest(args.manifest)
-        except FileNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (OSError, ValueError) as err:  # a missing, unreadable or malformed manifest
+            print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
             return 2
         print(format_manifest(results))
         return 0 if all(r.ok for r in results) else 1

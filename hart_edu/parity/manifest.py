@@ -85,11 +85,32 @@ def check_tokenizer(section: dict[str, Any]) -> ManifestResult:
     )
 
 
-def check_manifest(path: str | Path) -> list[ManifestResult]:
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest's JSON object; a ValueError (one line naming the file and what is wrong)
+    for a file that is not UTF-8 JSON, not an object, or lacks a part of :data:`MANIFEST_PARTS`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"manifest {path} is not UTF-8 text (byte at offset {err.start}): "
+                         f"give a manifest-*.json such as tests/golden/manifest-hart-0.7b-1024px.json") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"manifest {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): "
+                         f"give a manifest-*.json such as tests/golden/manifest-hart-0.7b-1024px.json") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"manifest {path} must hold a JSON object, got {type(manifest).__name__}")
+    missing = [section for section, _ in MANIFEST_PARTS if not isinstance(manifest.get(section), dict)]
+    if missing:
+        raise ValueError(f"manifest {path} has no part(s) {', '.join(missing)}: is it a HART manifest?")
+    return manifest
+
+
+def check_manifest(path: str | Path) -> list[ManifestResult]:
+    """Check every part of :data:`MANIFEST_PARTS` against the manifest at ``path``
+    (:func:`read_manifest`: errors in the file itself raise; a part that fails is reported)."""
+    manifest = read_manifest(path)
     results = []
     for section, spec in MANIFEST_PARTS:
         module, func = spec.split(":")
