@@ -38,7 +38,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended
 # subcommand on the argparse sub-parsers) and ``run(args) -> int`` (exit status). Keep their
 # heavy imports inside ``run`` so ``hart-edu --help`` stays fast.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("hart_edu.app", "hart_edu.profile", "hart_edu.download", "hart_edu.convert",
-                                       "hart_edu.run_real")
+                                       "hart_edu.run_real", "hart_edu.eval")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a file name where generate wants a folder
 # The files one generate run writes (sample.py's names), and their hidden temporary files:
 # what ``--overwrite`` may replace in an output folder.

@@ -1,6 +1,6 @@
 r"""Score prompt following automatically: a miniature GenEval on the held-out captioned scenes.
 
-    python -m hart_edu.eval                      # 200 held-out captions, weights/tiny
+    python -m hart_edu.eval                      # 200 held-out captions, weights/tiny (or: hart-edu eval)
     python -m hart_edu.eval --sweep              # + accuracy against the guidance scale (plot)
     python -m hart_edu.eval --no-residual        # discrete tokens only (no diffusion head)
     python -m hart_edu.eval --given-scales       # + the first k scales from the scene itself
@@ -54,6 +54,10 @@ __all__ = [
     "pipeline_generator",
     "render_generator",
     "save_grid",
+    "add_arguments",
+    "build_parser",
+    "add_parser",
+    "run",
     "main",
 ]
 
@@ -129,6 +133,7 @@ def choose_settings(score: Callable[[GenerationConfig], dict[str, float]], recor
         print(f"{c.cfg:>4g} top_k={c.top_k or 0:<3} greedy={c.greedy!s:<5} " +
               " ".join(f"{k}={scores[k]:.3f}" for k in ATTRIBUTES + ("overall",)), flush=True)
     best = max(range(len(rows)), key=lambda i: (rows[i]["scores"]["overall"], -i))
+    record.parent.mkdir(parents=True, exist_ok=True)  # made only now: an interrupted run leaves no empty folder
     record.write_text(json.dumps({**about, "candidates": rows, "chosen": best}, indent=2) + "\n")
     return candidates[best]
 
@@ -329,23 +334,25 @@ def main_across_ranks(args: argparse.Namespace, pipe, settings: GenerationConfig
 # --------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    from hart_edu.paths import TINY_WEIGHTS, display_path
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m hart_edu.eval`` and ``hart-edu eval`` (one definition for both)."""
+    from hart_edu.generation_config import GENERATION_CONFIG, MAX_CFG
+    from hart_edu.paths import TINY_WEIGHTS
 
-    p = argparse.ArgumentParser(prog="python -m hart_edu.eval", description=__doc__.split("\n")[0])
     p.add_argument("--weights", type=Path, default=TINY_WEIGHTS, help="a HART tree (default: weights/tiny)")
-    p.add_argument("--n", type=int, default=200, help="number of captions (default 200)")
+    p.add_argument("--n", type=int, default=200, help="number of captions, at least 1 (default 200)")
     p.add_argument("--split", choices=("heldout", "validation"), default="heldout",
                    help="held-out captions (default; the test), or the validation captions carved "
                         "from training (where sampling settings are chosen)")
     p.add_argument("--cfg", type=float, default=None,
-                   help="guidance scale (default: the weights' generation_config.json, else 4.5)")
+                   help=f"guidance scale, in [0, {MAX_CFG:g}] (default: the weights' {GENERATION_CONFIG}, else 4.5)")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="the diffusion head's residual (default: the weights' generation_config.json)")
     p.add_argument("--more-smooth", action=argparse.BooleanOptionalAction, default=None,
                    help="Gumbel-smoothed codes (default: the weights' generation_config.json)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes (0: all; default: the config's)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (0: off; default: the config's)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling, in (0, 1] (0: off; default: the config's)")
     p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
                    help="argmax codes at every scale (default: the config's)")
     p.add_argument("--sweep", action="store_true", help=f"also score cfg in {SWEEP_CFGS} and plot it")
@@ -359,40 +366,108 @@ def main(argv: list[str] | None = None) -> int:
                    help="seeds of the sampling generator, comma-separated (default 0); the line "
                         "and eval.json give the mean over them")
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the caption list")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--out", type=Path, default=Path("out/eval"), help="where the grid, JSON and plots go")
-    args = p.parse_args(argv)
+    p.add_argument("--batch-size", type=int, default=50, help="captions per pipeline call, at least 1 (default 50)")
+    p.add_argument("--out", type=Path, default=Path("out/eval"),
+                   help="the folder the grid, JSON and plots go to, made when they are written (default out/eval)")
+
+
+DESCRIPTION = __doc__.split("\n")[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m hart_edu.eval``'s parser."""
+    p = argparse.ArgumentParser(prog="python -m hart_edu.eval", description=DESCRIPTION)
+    add_arguments(p)
+    return p
+
+
+def add_parser(sub) -> None:
+    """``hart-edu eval``: the same options as ``python -m hart_edu.eval`` (:func:`add_arguments`)."""
+    p = sub.add_parser("eval", help="score prompt following on held-out captions (a miniature GenEval)",
+                       description=DESCRIPTION)
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[list[int], GenerationConfig]:
+    """Everything that can be checked before the model loads; a ValueError (one line naming
+    the option and what to do) for bad input. Returns the seeds and the sampling settings (the
+    weights' generation_config.json, overridden by the options). Nothing is written."""
+    from hart_edu.cli import check_writable
+    from hart_edu.generation_config import read_generation_config
+    from hart_edu.sampler import check_seed
+
     if args.n < 1:
-        p.error("--n must be at least 1")
+        raise ValueError(f"--n {args.n}: the number of captions must be at least 1")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: give at least 1 caption per batch")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
-        p.error(f"--seeds must be integers separated by commas, got {args.seeds!r}")
+        raise ValueError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
+    for seed in seeds:
+        check_seed(seed)
     if args.choose_settings and args.split != "validation":
-        p.error("--choose-settings chooses on the validation captions: add --split validation")
+        raise ValueError("--choose-settings chooses on the validation captions: add --split validation")
+    if not args.weights.is_dir():
+        raise FileNotFoundError(f"--weights {args.weights}: HART weights folder not found: give a tree with "
+                                f"tokenizer/ and llm/")
+    settings = read_generation_config(args.weights).override(
+        cfg=args.cfg, residual=args.residual, more_smooth=args.more_smooth, top_k=args.top_k, top_p=args.top_p,
+        greedy=args.greedy)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder: give the folder for the grid, JSON and plots")
+    check_writable(args.out, "--out")
+    if args.choose_settings:  # the chosen settings go into the weights' generation_config.json
+        check_writable(args.weights, "--weights")
+    return seeds, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hart_edu.eval``: bad input is one line and exit status 2, Ctrl-C one line and
+    130, as with ``hart-edu eval``."""
+    from hart_edu.cli import report_error, report_interrupt
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (OSError, ValueError) as err:
+        return report_error(parser.prog, err)
+    except KeyboardInterrupt:
+        return report_interrupt(parser.prog)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate as the options say (see the module docstring); bad input raises a ValueError or
+    an OSError before the model loads, and the output folder is made only when a file is
+    written to it (each file whole or not at all)."""
+    from hart_edu.cli import atomic_output
+    from hart_edu.paths import display_path
+
+    seeds, settings = check_arguments(args)
+
+    def output(name: str):
+        """A file of --out, written whole or not at all; the folder is made now."""
+        args.out.mkdir(parents=True, exist_ok=True)
+        return atomic_output(args.out / name)
 
     from hart_edu.sampler import HARTPipeline
 
     pipe = HARTPipeline.from_pretrained(args.weights)  # finds the tiny tree's text encoder itself
-    try:
-        settings = pipe.generation_config.override(cfg=args.cfg, residual=args.residual, more_smooth=args.more_smooth,
-                                                   top_k=args.top_k, top_p=args.top_p, greedy=args.greedy)
-    except ValueError as err:
-        p.error(str(err))
     scenes = heldout_scenes(args.n, seed=args.scene_seed, split=args.split)
     from hart_edu.train.distributed import launched_by_torchrun
 
     if launched_by_torchrun():  # torchrun -m hart_edu.eval: the captions split over the ranks
         return main_across_ranks(args, pipe, settings, scenes, seeds)
-    args.out.mkdir(parents=True, exist_ok=True)
 
-    def run(settings: GenerationConfig, given_scales: int = 0, seed: int = seeds[0]) -> EvalResult:
+    def score(settings: GenerationConfig, given_scales: int = 0, seed: int = seeds[0]) -> EvalResult:
         gen = pipeline_generator(pipe, settings, torch.Generator().manual_seed(seed), given_scales)
         with torch.no_grad():
             return evaluate(gen, scenes, args.batch_size)
 
     if args.choose_settings:
-        best = choose_settings(lambda s: mean_scores([run(s, seed=seed) for seed in seeds]), args.out / "choice.json",
+        best = choose_settings(lambda s: mean_scores([score(s, seed=seed) for seed in seeds]), args.out / "choice.json",
                                {"weights": display_path(args.weights), "split": args.split, "n": args.n,
                                 "seeds": seeds})
         path = write_generation_config(
@@ -408,39 +483,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         sweep = []
         for cfg in SWEEP_CFGS:
-            r = run(settings.override(cfg=cfg))
+            r = score(settings.override(cfg=cfg))
             print(f"cfg {cfg:>4}: " + " ".join(f"{k}={r.scores[k]:.3f}" for k in ATTRIBUTES + ("overall",)))
             sweep.append({"cfg": cfg, "scores": r.scores})
-        save_sweep(sweep, args.out / "cfg_sweep.png")
+        with output("cfg_sweep.png") as tmp:
+            save_sweep(sweep, tmp)
         report["sweep"] = sweep
         print(f"wrote {args.out / 'cfg_sweep.png'}")
 
-    result = run(settings)  # the plain run: also the sweep's k = 0
+    result = score(settings)  # the plain run: also the sweep's k = 0
     if args.given_scales:
         rows = []
         for k in range(len(pipe.transformer.config.patch_nums)):
-            r = result if k == 0 else run(settings, given_scales=k)
+            r = result if k == 0 else score(settings, given_scales=k)
             print(f"given scales {k}: " + " ".join(f"{n}={r.scores[n]:.3f}" for n in ATTRIBUTES + ("overall",)))
             rows.append({"given_scales": k, "scores": r.scores})
-        save_sweep(rows, args.out / "given_scales.png", key="given_scales",
-                   xlabel="scales taken from the scene's own codes (the rest generated)",
-                   title=f"where the prompt is lost (cfg {settings.cfg:g})")
+        with output("given_scales.png") as tmp:
+            save_sweep(rows, tmp, key="given_scales",
+                       xlabel="scales taken from the scene's own codes (the rest generated)",
+                       title=f"where the prompt is lost (cfg {settings.cfg:g})")
         report["given_scales"] = rows
         print(f"wrote {args.out / 'given_scales.png'}")
 
-    results = [result] + [run(settings, seed=seed) for seed in seeds[1:]]
+    results = [result] + [score(settings, seed=seed) for seed in seeds[1:]]
     scores = mean_scores(results)
     by_count = [scores_by_shape_count(r) for r in results]
     label = f"cfg={settings.cfg:g}, residual {'on' if settings.residual else 'off'}, {len(seeds)} seed(s)"
     print_table(result, label, scores)
-    save_grid(result.images_B3HW, result.scenes, args.out / "samples.png")
+    with output("samples.png") as tmp:
+        save_grid(result.images_B3HW, result.scenes, tmp)
     for count, name in ((1, "one_shape"), (2, "two_shape")):
         report[name] = ({"n": sum(len(s.shapes) == count for s in scenes),
                          "scores": mean_scores_of([b[count] for b in by_count])}
                         if all(count in b for b in by_count) else None)
     report.update({"scores": scores, "scores_per_seed": [r.scores for r in results],
                    "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(result, scores)})
-    (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    with output("eval.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
     print(eval_line(result, scores))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,8 +139,7 @@ def test_choose_settings_keeps_the_best_all_and_records_every_candidate(tmp_path
 
 
 def test_choose_settings_only_on_the_validation_split(capsys):
-    with pytest.raises(SystemExit):
-        main(["--choose-settings", "--n", "2"])
+    assert main(["--choose-settings", "--n", "2"]) == 2
     assert "--split validation" in capsys.readouterr().err
 
 
@@ -160,3 +160,84 @@ def test_choose_settings_writes_the_weights_generation_config(tmp_path):
     written = read_generation_config(tree)
     assert written == CANDIDATES[record["chosen"]]
     assert "validation" in json.loads((tree / "generation_config.json").read_text())["chosen_on"]
+
+
+# ----------------------------------------------------------------- the command: bad input
+
+
+def eval_bad_cases(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x", encoding="utf-8")
+    return {
+        "batch size 0": (["--batch-size", "0"], "--batch-size 0: give at least 1 caption per batch"),
+        "cfg nan": (["--cfg", "nan"], "cfg=nan must be a finite number in [0, 50]"),
+        "top-p 5": (["--top-p", "5"], "top_p=5.0 must be None or 0 (off), or in (0, 1]"),
+        "missing weights": (["--weights", str(tmp_path / "none")], "HART weights folder not found"),
+        "out a file": (["--out", str(a_file)], f"--out {a_file} exists and is not a folder"),
+        "out unwritable": (["--out", "/proc/self/eval-out"], "--out /proc/self/eval-out cannot be written"),
+        "n 0": (["--n", "0"], "--n 0: the number of captions must be at least 1"),
+        "seeds not integers": (["--seeds", "1,x"], "--seeds must be integers separated by commas"),
+        "negative seed": (["--seeds", "-1"], "seed=-1"),
+    }
+
+
+@pytest.mark.parametrize("command", ["python -m hart_edu.eval", "hart-edu eval"])
+@pytest.mark.parametrize("case", [
+    "batch size 0", "cfg nan", "top-p 5", "missing weights", "out a file", "out unwritable", "n 0",
+    "seeds not integers", "negative seed"])
+def test_bad_input_is_one_line_exit_2_and_no_output_folder(tmp_path, capsys, monkeypatch, command, case):
+    """Checked before the model loads; no output folder is made (it used to be made first)."""
+    import hart_edu.sampler
+    from hart_edu import cli
+
+    if case == "out unwritable" and not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for bad input")
+
+    monkeypatch.setattr(hart_edu.sampler.HARTPipeline, "from_pretrained", no_model)
+    argv, fragment = eval_bad_cases(tmp_path)[case]
+    out = ["--out", str(tmp_path / "out")] if "--out" not in argv else []
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()
+    try:
+        code = main([*out, *argv]) if command.startswith("python") else cli.main(["eval", *out, *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [f"{command}: error: " + err.strip().split(": error: ", 1)[1]], err
+    assert fragment in err, err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_ctrl_c_during_the_evaluation_is_one_line_and_no_output_folder(tmp_path, capsys, monkeypatch):
+    import hart_edu.eval
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hart_edu.eval, "evaluate", interrupted)
+    monkeypatch.setattr("hart_edu.sampler.HARTPipeline.from_pretrained", lambda *a, **k: None)
+    monkeypatch.setattr(hart_edu.eval, "heldout_scenes", lambda *a, **k: [])
+    out = tmp_path / "deep" / "out"
+    assert main(["--n", "2", "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == "python -m hart_edu.eval: interrupted (Ctrl-C)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hart_edu_eval_is_the_same_command_as_python_dash_m():
+    """One parser definition (hart_edu.eval.add_arguments) behind both entry points."""
+    from hart_edu import cli
+    from hart_edu.eval import build_parser, run
+
+    sub = cli.build_parser()._subparsers._group_actions[0].choices["eval"]
+
+    def options(parser):
+        return {tuple(a.option_strings): (a.dest, a.default, a.type, a.choices, a.help)
+                for a in parser._actions if a.option_strings != ["-h", "--help"]}
+
+    assert options(sub) == options(build_parser()) and len(options(sub)) >= 16
+    args = cli.build_parser().parse_args(["eval", "--n", "3", "--no-residual"])
+    assert args.run is run and (args.n, args.residual) == (3, False)
