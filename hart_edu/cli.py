@@ -153,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``hart-edu`` command; its exit status (0, 2 for bad input, 130 for Ctrl-C)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports torch: Ctrl-C may come here already
+    except KeyboardInterrupt:
+        return report_interrupt("hart-edu")
     try:
         if args.command == "demo":
             from hart_edu import demo
@@ -405,22 +408,37 @@ def check_output_file(path: Path, option: str) -> Path:
     return path
 
 
+class DeferredInterrupts:
+    """What :func:`interrupts_deferred` yields: call it to ask whether Ctrl-C came;
+    :meth:`forget` drops one that came too late to matter (the work is complete)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def __call__(self) -> bool:
+        return bool(self.received)
+
+    def forget(self) -> None:
+        self.received.clear()
+
+
 @contextlib.contextmanager
-def interrupts_deferred() -> Iterator[callable]:
+def interrupts_deferred() -> Iterator[DeferredInterrupts]:
     """Hold back Ctrl-C (SIGINT) for the block: it is recorded, not raised; the block may poll
-    the callable it is given (True once Ctrl-C came) and give up cleanly. If one came and the
-    block ended normally, KeyboardInterrupt is raised after it. Outside the main thread (where
-    Python cannot set signal handlers) the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+    what it is given (True once Ctrl-C came) and give up cleanly. If one came and the block
+    ended normally (and did not ``forget`` it), KeyboardInterrupt is raised after it. Outside
+    the main thread (where Python cannot set signal handlers), or where SIGINT is ignored (a
+    background job of a script), the block runs as it is."""
+    state = DeferredInterrupts()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield state
         return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: state.received.append(signum))
     try:
-        yield lambda: bool(received)
+        yield state
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-    if received:
+    if state():
         raise KeyboardInterrupt
 
 
@@ -430,7 +448,9 @@ def write_all_or_nothing(folder: Path, files: dict[str, bytes], replace: Iterabl
     the folders this call created). Ctrl-C is held back meanwhile (:func:`interrupts_deferred`)
     and honoured between files, so it never leaves a temporary file behind. ``replace``: files
     of an earlier run (``--overwrite``); those the new files do not overwrite are removed once
-    every new file is in place. Files are created with the usual mode (0666 less the umask)."""
+    every new file is in place. Files are created with the usual mode (0666 less the umask).
+    A Ctrl-C that comes while the finished files are renamed (the last milliseconds) lets the
+    renames finish and the command end normally."""
     folder = Path(folder)
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     temporary: list[tuple[Path, Path]] = []
@@ -449,6 +469,7 @@ def write_all_or_nothing(folder: Path, files: dict[str, bytes], replace: Iterabl
                 raise KeyboardInterrupt
             for tmp, final in temporary:
                 os.replace(tmp, final)
+            interrupted.forget()  # every file is in place: a Ctrl-C during the renames came too late
         except BaseException:
             for tmp, _ in temporary:
                 tmp.unlink(missing_ok=True)
@@ -474,8 +495,9 @@ def atomic_output(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
-        with interrupts_deferred():
+        with interrupts_deferred() as interrupted:
             os.replace(tmp, path)
+            interrupted.forget()  # the file is in place: a Ctrl-C now came too late to matter
     finally:
         with interrupts_deferred():
             tmp.unlink(missing_ok=True)

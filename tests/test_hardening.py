@@ -634,3 +634,72 @@ def test_a_text_encoder_asking_for_its_own_code_is_refused_at_the_cli(pristine, 
     code, err = run_cli(generate(pristine, out, "--prompt", "w1", "--text-encoder", str(folder)), capsys)
     assert_one_clear_line(code, err, "cannot load the text encoder")
     assert not ran.exists() and not out.exists()
+
+
+def test_ctrl_c_sent_to_a_real_process_while_it_writes(pristine, tmp_path):
+    """The issue's case end to end: ``python -m hart_edu generate`` gets SIGINT as soon as its
+    first temporary file appears. Either the interrupt stops it (exit 130, one line, no folder)
+    or it came during the final renames (exit 0, every file there); never a traceback, never a
+    ``*.tmp`` left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    argv = [sys.executable, "-m", "hart_edu", *generate(pristine, out, "--prompt", "w1", "--num-images", "64")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir()):
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert not [name for name in left if name.endswith(".tmp")], left
+    if proc.returncode == 130:
+        assert err.strip().splitlines()[-1] == "hart-edu generate: interrupted (Ctrl-C)"
+        assert not out.exists()
+    else:
+        assert proc.returncode == 0, err
+        assert left == sorted(["prompt.txt"] + [f"{i:06d}.png" for i in range(64)])
+
+
+def test_ctrl_c_during_the_final_renames_lets_the_run_finish(pristine, tmp_path, capsys, monkeypatch):
+    """Once every file is complete the renames are the point of no return: a Ctrl-C then lets
+    them finish and the run ends normally with every file (never a mix of old and new)."""
+    import signal
+
+    out = tmp_path / "out"
+    real_replace, calls = os.replace, []
+
+    def replace_then_ctrl_c(src, dst):
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    code, err = run_cli(generate(pristine, out, "--prompt", "w1", "--num-images", "2"), capsys)
+    monkeypatch.undo()
+    assert code == 0 and "interrupted" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "prompt.txt"]
+
+
+def test_a_background_job_that_ignores_ctrl_c_keeps_ignoring_it():
+    """A script's background job starts with SIGINT ignored: writing must not install a
+    handler that would then record (and act on) a Ctrl-C meant for the foreground."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with cli.interrupts_deferred() as interrupted:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not interrupted()
+    finally:
+        signal.signal(signal.SIGINT, previous)
