@@ -264,3 +264,20 @@ def test_no_progress_also_hides_the_loading_bar(tree, tmp_path, capsys):
     loud = capsys.readouterr().err
     assert "Loading weights" in loud or not before, loud  # the bar the option must hide (a control)
     assert hf_logging.is_progress_bar_enabled() == before  # the process-wide setting is put back
+
+
+def test_the_determinism_rule_the_readme_states(tree, first_run, tmp_path):
+    """README, Generate, **Determinism**: the same command and seed give the same bytes
+    (test_same_seed_gives_identical_files), and an image depends on the whole batch: one
+    generator draws for all images of a run, as sample.py does, so image 0 changes with
+    --num-images and with the prompts."""
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "**Determinism.** The same command with the same seed gives the same bytes when" in readme
+    assert "changing `--num-images`, the prompts or their order changes every image, image 0 included" in readme
+    alone = tmp_path / "alone"
+    argv = ["generate", "--weights", str(tree), "--seed", "1", "--no-progress", "--prompt", PROMPTS[0]]
+    assert run([*argv, "--out", str(alone)]) == 0
+    assert run([*argv, "--out", str(tmp_path / "two"), "--num-images", "2"]) == 0
+    image0 = folder_bytes(first_run)["000000.png"]  # PROMPTS[0] first, then PROMPTS[1]
+    assert folder_bytes(alone)["000000.png"] != image0
+    assert folder_bytes(tmp_path / "two")["000000.png"] != folder_bytes(alone)["000000.png"]
