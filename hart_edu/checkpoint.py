@@ -161,9 +161,11 @@ def check_finite(state: Mapping[str, torch.Tensor], *, source: str) -> None:
 
     One ``torch.aminmax`` per tensor: both ends are NaN if any element is, and +-inf if one
     is, so the check reads every element once without allocating a mask. Measured on this
-    repository's CPU (AMD EPYC, AVX2), one thread: 0.19 s for the 732M float32 values of the
-    released 0.7B transformer (0.13 s in bfloat16), against 2.2 s for ``isfinite(t).all()``;
-    reading the 2.9 GB file from disk takes longer than that.
+    repository's CPU (AMD EPYC, AVX2), one thread, 732M float32 values in 200 tensors (the
+    released 0.7B transformer's size, 2.9 GB): 0.18 s (0.13 s in bfloat16), against 2.2 s for
+    ``isfinite(t).all()``. safetensors maps the file, so the check is where its pages are first
+    read (loading the model would read them anyway): the whole ``load_weight_file`` took 0.20 s
+    from a warm page cache; the same tensors as a ``.bin`` take 2.3 s (CRC-32s and unpickling).
     """
     for key, tensor in state.items():
         if not tensor.is_floating_point() or tensor.numel() == 0:
