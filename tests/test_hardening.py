@@ -397,6 +397,38 @@ def test_the_finiteness_check_is_one_pass_per_tensor():
         check_finite({"w": torch.tensor([float("inf"), float("-inf"), 1.0])}, source="src")
 
 
+
+@pytest.mark.parametrize("value, what", [(float("nan"), "NaN"), (float("inf"), "infinite")])
+@pytest.mark.parametrize("command", ["generate", "app"])
+def test_a_text_encoder_that_is_not_finite_is_refused_naming_its_file(tree, tmp_path, capsys, app_must_not_serve,
+                                                                       command, value, what):
+    """The text encoder is loaded by transformers (AutoModel.from_pretrained), not by
+    hart_edu.checkpoint: its weights are checked after loading (load_text_model). A NaN in its
+    safetensors used to give NaN context vectors, and images of noise, without a word."""
+    file = tree / "text_encoder" / "model.safetensors"
+    key = poison_safetensors(file, value)
+    out = tmp_path / "out"
+    argv = generate(tree, out, "--prompt", "w1") if command == "generate" else ["app", "--weights", str(tree)]
+    code, err = run_cli(argv, capsys)
+    model_key = key.removeprefix("model.")  # AutoModel loads the base model of a *ForCausalLM checkpoint
+    assert_one_clear_line(code, err, f"{file} is damaged: tensor {model_key!r} holds 1 {what}")
+    assert not out.exists()
+
+
+def test_load_text_model_checks_the_weights_of_a_copied_golden_encoder(golden_dir, tmp_path):
+    """load_text_model itself (also used by the parity checks), on a copy of the golden Qwen2
+    encoder folder: a NaN is one CheckpointError naming the file; the pristine copy loads."""
+    from hart_edu.checkpoint import CheckpointError
+    from hart_edu.text_encoder import load_text_model
+
+    folder = Path(shutil.copytree(golden_dir / "tiny-official" / "text_encoder", tmp_path / "text_encoder"))
+    load_text_model(folder)
+    key = poison_safetensors(folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors is damaged: tensor '{key.removeprefix('model.')}' "
+                                              r"holds 1 NaN value\(s\)"):
+        load_text_model(folder)
+
+
 # ------------------------------------------------------------------------- outputs: --out
 
 
