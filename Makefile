@@ -35,11 +35,14 @@ test: test-py test-nb
 test-py: setup
 	$(BIN)/python -m pytest tests
 
-# Every notebook under nbval, each within 90 s (notebooks/conftest.py prints the times).
+# Every notebook under nbval, each within 90 s (notebooks/conftest.py prints the times). The cells
+# marked `# NBVAL_CHECK_OUTPUT` must print what the committed notebook shows, after the patterns of
+# notebooks/nbval_sanitize.cfg (timings, memory sizes, paths, dates) are applied to both sides.
 # OMP_WAIT_POLICY=PASSIVE: on a shared CPU, torch's idle threads sleep instead of spinning
 # (measured here under load: 0.25 s instead of 4.5 s for one tiny image with 2 threads).
 test-nb: setup
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks
 
 demo: setup
 	$(BIN)/python -m hart_edu demo --out demo.png
