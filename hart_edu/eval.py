@@ -340,7 +340,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from hart_edu.paths import TINY_WEIGHTS
 
     p.add_argument("--weights", type=Path, default=TINY_WEIGHTS, help="a HART tree (default: weights/tiny)")
-    p.add_argument("--n", type=int, default=200, help="number of captions, at least 1 (default 200)")
+    # --captions, not only --n: torchrun reads every argument, the script's too, as a possible
+    # abbreviation of its own options, and stops at --n (--nnodes, --nproc-per-node, ...)
+    p.add_argument("--captions", "--n", dest="n", type=int, default=200,
+                   help="number of captions, at least 1 (default 200); under torchrun write --captions")
     p.add_argument("--split", choices=("heldout", "validation"), default="heldout",
                    help="held-out captions (default; the test), or the validation captions carved "
                         "from training (where sampling settings are chosen)")

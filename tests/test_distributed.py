@@ -297,13 +297,37 @@ def test_evaluation_across_two_ranks_gives_the_numbers_of_one(tmp_path):
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     pipe = HARTPipeline.from_pretrained(TINY_WEIGHTS)
     make = lambda g: pipeline_generator(pipe, pipe.generation_config, g)  # noqa: E731
-    with torch.no_grad():
-        one = evaluate_across_ranks(make, heldout_scenes(6), 2, 0, distributed.SINGLE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: another thread count sums in another order (bit-exact check)
+    try:
+        with torch.no_grad():
+            one = evaluate_across_ranks(make, heldout_scenes(6), 2, 0, distributed.SINGLE)
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(one.images_B3HW, two["images"]) and one.scores == two["scores"]
 
-    argv = ["--weights", str(TINY_WEIGHTS), "--n", "4", "--batch-size", "2", "--out", "eval"]
+    argv = ["--weights", str(TINY_WEIGHTS), "--captions", "4", "--batch-size", "2", "--out", "eval"]
     codes, logs, _ = run_ranks(tmp_path / "cli", "_eval_main", (argv,), shared_cwd=False)
     assert codes == [0, 0], logs
     assert files_under(tmp_path / "cli" / "rank1") == []
     report = json.loads((tmp_path / "cli" / "rank0" / "eval" / "eval.json").read_text())
     assert report["ranks"] == 2 and report["n"] == 4 and logs[0].strip().splitlines()[-1] == report["line"]
+
+
+def test_torchrun_passes_the_eval_options_through():
+    """torchrun's parser reads the script's arguments too, as abbreviations of its own options:
+    ``--n`` stops it (ambiguous: --nnodes, --nproc-per-node, ...), so the README writes --captions;
+    no other option of eval is the beginning of one of torchrun's."""
+    from torch.distributed.run import get_args_parser
+
+    from hart_edu.eval import build_parser
+
+    launcher = [s for a in get_args_parser()._actions for s in a.option_strings]
+    ours = [s for a in build_parser()._actions for s in a.option_strings if s.startswith("--")]
+    assert [o for o in ours if o not in ("--help", "--n") and any(t.startswith(o) for t in launcher)] == []
+    argv = ["--captions", "4", "--batch-size", "2", "--seeds", "0,1"]
+    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", "2", "-m", "hart_edu.eval", *argv])
+    assert args.module and args.training_script == "hart_edu.eval" and args.training_script_args == argv
+    assert build_parser().parse_args(argv).n == build_parser().parse_args(["--n", "4"]).n == 4  # --n: an alias
+    with pytest.raises(SystemExit):  # argparse: "ambiguous option: --n could match --nnodes, ..."
+        get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "hart_edu.eval", "--n", "4"])
