@@ -362,15 +362,19 @@ def check_writable(folder: Path, option: str, value: Path | None = None) -> None
         os.unlink(probe)
 
 
-def check_output_folder(folder: Path, *, overwrite: bool = False, option: str = "--out") -> list[Path]:
-    """generate's output folder, before any model loads; returns the earlier run's files that
+def check_output_folder(folder: Path, *, overwrite: bool = False, option: str = "--out",
+                        run_file: re.Pattern[str] = RUN_FILE, writer: str = "hart-edu generate",
+                        replaced: str = "an earlier run's images and prompt.txt") -> list[Path]:
+    """A command's output folder, before any model loads; returns the earlier run's files that
     the new run replaces (empty unless ``overwrite``).
 
-    The folder may be missing (it is made when the images are written) or empty; a non-empty
-    folder is refused unless ``overwrite``, and even then it may hold only what a generate run
-    writes (:data:`RUN_FILE`: ``NNNNNN.png``, ``sample_images.png``, ``prompt.txt`` and their
-    hidden temporary files), so that a run's folder holds that run only and ``--overwrite``
-    never deletes a file it did not write. Last, the folder must be writable."""
+    The folder may be missing (it is made when the outputs are written) or empty; a non-empty
+    folder is refused unless ``overwrite``, and even then it may hold only what a run of
+    ``writer`` writes (``run_file``; generate's :data:`RUN_FILE`: ``NNNNNN.png``,
+    ``sample_images.png``, ``prompt.txt`` and their hidden temporary files; ``replaced`` says
+    so in the refusal), so that a run's folder holds that run only and ``--overwrite`` never
+    deletes a file it did not write. Last, the folder must be writable. Used by ``generate``
+    and ``eval`` (:data:`hart_edu.eval.EVAL_FILE`)."""
     folder = Path(folder)
     earlier: list[Path] = []
     if folder.exists():
@@ -381,11 +385,11 @@ def check_output_folder(folder: Path, *, overwrite: bool = False, option: str = 
             raise ValueError(
                 f"{option} {folder} is not empty ({_names(entries)}): a run's folder holds that run only; "
                 f"choose a new folder, or pass --overwrite to replace an earlier run's files")
-        foreign = [p for p in entries if not (p.is_file() and RUN_FILE.fullmatch(p.name))]
+        foreign = [p for p in entries if not (p.is_file() and run_file.fullmatch(p.name))]
         if foreign:
             raise ValueError(
-                f"{option} {folder} holds {_names(foreign)}, which hart-edu generate did not write: --overwrite "
-                f"replaces an earlier run's images and prompt.txt only; choose another folder")
+                f"{option} {folder} holds {_names(foreign)}, which {writer} did not write: --overwrite "
+                f"replaces {replaced} only; choose another folder")
         earlier = entries
     check_writable(folder, option)
     return earlier

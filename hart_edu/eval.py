@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ __all__ = [
 ]
 
 ATTRIBUTES = ("background", "shape_color", "shape_kind", "size", "position")
+# The files an eval run writes into --out, and their hidden temporary files (hart_edu.cli.atomic_output's
+# names): what --overwrite may replace (hart_edu.cli.check_output_folder, as for generate).
+EVAL_FILES = ("samples.png", "eval.json", "cfg_sweep.png", "given_scales.png", "choice.json")
+EVAL_FILE = re.compile("|".join([re.escape(name) for name in EVAL_FILES] + [
+    rf"\.{re.escape(Path(name).stem)}\.\d+\.tmp{re.escape(Path(name).suffix)}" for name in EVAL_FILES]))
 SWEEP_CFGS = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0)
 
 # A generator maps B scenes (only their captions may be used) to images (B, 3, H, W) in [-1, 1].
@@ -290,7 +296,7 @@ def evaluate_across_ranks(make_generator: Callable[[torch.Generator], Generator]
 
 
 def main_across_ranks(args: argparse.Namespace, pipe, settings: GenerationConfig, scenes: list[Scene],
-                      seeds: list[int]) -> int:
+                      seeds: list[int], earlier: Sequence[Path] = ()) -> int:
     """``torchrun --nproc-per-node N -m hart_edu.eval ...``: the plain evaluation (the mean over
     ``--seeds``) with the captions split over the ranks (:func:`evaluate_across_ranks`, gloo, on
     the CPUs); rank 0 prints the table and the line and writes samples.png and eval.json."""
@@ -321,6 +327,7 @@ def main_across_ranks(args: argparse.Namespace, pipe, settings: GenerationConfig
         args.out.mkdir(parents=True, exist_ok=True)
         save_grid(results[0].images_B3HW, results[0].scenes, args.out / "samples.png")
         (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        remove_earlier_run(earlier, ["samples.png", "eval.json"])
         print_table(results[0], f"{ranks.world_size} ranks, cfg={settings.cfg:g}, {len(seeds)} seed(s)", scores)
         print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
         print(eval_line(results[0], scores))
@@ -371,7 +378,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the caption list")
     p.add_argument("--batch-size", type=int, default=50, help="captions per pipeline call, at least 1 (default 50)")
     p.add_argument("--out", type=Path, default=Path("out/eval"),
-                   help="the folder the grid, JSON and plots go to, made when they are written (default out/eval)")
+                   help="the folder the grid, JSON and plots go to, made when they are written; it must be "
+                        "empty (a run's folder holds that run only, as with hart-edu generate) unless "
+                        "--overwrite (default out/eval)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse a non-empty --out that holds an earlier evaluation: its samples.png, eval.json, "
+                        "plots and choice.json are replaced, those this run does not write are removed once it "
+                        "has written its own; a folder holding any other file is still refused (default: off)")
 
 
 DESCRIPTION = __doc__.split("\n")[0]
@@ -392,11 +405,12 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def check_arguments(args: argparse.Namespace) -> tuple[list[int], GenerationConfig]:
+def check_arguments(args: argparse.Namespace) -> tuple[list[int], GenerationConfig, list[Path]]:
     """Everything that can be checked before the model loads; a ValueError (one line naming
-    the option and what to do) for bad input. Returns the seeds and the sampling settings (the
-    weights' generation_config.json, overridden by the options). Nothing is written."""
-    from hart_edu.cli import check_writable
+    the option and what to do) for bad input. Returns the seeds, the sampling settings (the
+    weights' generation_config.json, overridden by the options) and the earlier run's files in
+    --out that this run replaces (``--overwrite``; else none). Nothing is written."""
+    from hart_edu.cli import check_output_folder, check_writable
     from hart_edu.generation_config import read_generation_config
     from hart_edu.sampler import check_seed
 
@@ -420,10 +434,19 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[int], GenerationConf
         greedy=args.greedy)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} exists and is not a folder: give the folder for the grid, JSON and plots")
-    check_writable(args.out, "--out")
+    earlier = check_output_folder(args.out, overwrite=args.overwrite, run_file=EVAL_FILE, writer="hart-edu eval",
+                                  replaced="an earlier evaluation's " + ", ".join(EVAL_FILES))
     if args.choose_settings:  # the chosen settings go into the weights' generation_config.json
         check_writable(args.weights, "--weights")
-    return seeds, settings
+    return seeds, settings, earlier
+
+
+def remove_earlier_run(earlier: Sequence[Path], written: Sequence[str]) -> None:
+    """``--overwrite``: once this run's files are written, remove the earlier run's files (and
+    temporary files) that it did not replace, so that --out holds this run only."""
+    for path in earlier:
+        if path.name not in written:
+            path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,11 +471,13 @@ def run(args: argparse.Namespace) -> int:
     from hart_edu.cli import atomic_output
     from hart_edu.paths import display_path
 
-    seeds, settings = check_arguments(args)
+    seeds, settings, earlier = check_arguments(args)
+    written: list[str] = []
 
     def output(name: str):
         """A file of --out, written whole or not at all; the folder is made now."""
         args.out.mkdir(parents=True, exist_ok=True)
+        written.append(name)
         return atomic_output(args.out / name)
 
     from hart_edu.sampler import HARTPipeline
@@ -462,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
     from hart_edu.train.distributed import launched_by_torchrun
 
     if launched_by_torchrun():  # torchrun -m hart_edu.eval: the captions split over the ranks
-        return main_across_ranks(args, pipe, settings, scenes, seeds)
+        return main_across_ranks(args, pipe, settings, scenes, seeds, earlier)
 
     def score(settings: GenerationConfig, given_scales: int = 0, seed: int = seeds[0]) -> EvalResult:
         gen = pipeline_generator(pipe, settings, torch.Generator().manual_seed(seed), given_scales)
@@ -478,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
                                      f"{len(CANDIDATES)} candidates (see reports/validation/choice.json)",
             chosen_on=f"{args.n} validation captions (carved from training, never the held-out ones), "
                       f"seeds {args.seeds}")
+        remove_earlier_run(earlier, ["choice.json"])
         print(f"wrote {display_path(path)}")
         return 0
 
@@ -523,6 +549,7 @@ def run(args: argparse.Namespace) -> int:
                    "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(result, scores)})
     with output("eval.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
+    remove_earlier_run(earlier, written)
     print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
     print(eval_line(result, scores))
     return 0

