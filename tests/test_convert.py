@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from golden_fixtures import GOLDEN_DIR, needs_golden
@@ -119,3 +120,39 @@ def test_cli_reports_what_it_dropped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("attn_bias_for_masking") == 2 and "blocks.*.attn.zero_k_bias (2 tensors" in out
     assert out.strip().splitlines()[-1].startswith("converted 3 file(s); dropped ")
+
+
+@pytest.mark.parametrize("llm", ["llm", "llm-variant-ctxnorm-avgpool-lvlemb", "llm-variant-noadaln-ctxnorm"])
+def test_generate_in_bfloat16_from_a_converted_official_tree(tmp_path, capsys, monkeypatch, llm):
+    """``hart-edu convert`` of a tree in the official layout (float32 .bin files, the -inf
+    attention mask, the variants' config options), then ``hart-edu generate --dtype bfloat16``
+    on it: the models run in bfloat16 and one image is written (1 image, the tiny tree's 4
+    diffusion steps)."""
+    from test_sampler import build_tiny_tree
+
+    from hart_edu.sampler import HARTPipeline
+
+    src = tmp_path / "official"
+    shutil.copytree(GOLDEN_DIR / "tiny-official" / "tokenizer", src / "tokenizer")
+    shutil.copytree(GOLDEN_DIR / "tiny-official" / llm, src / "llm")
+    text = build_tiny_tree(GOLDEN_DIR, tmp_path / "text", parts=("text_encoder",))  # + the word-level tokenizer
+    assert cli.main(["convert", str(src), str(tmp_path / "converted")]) == 0
+    loaded = []
+    original = HARTPipeline.from_pretrained
+    monkeypatch.setattr(HARTPipeline, "from_pretrained", lambda *a, **k: loaded.append(original(*a, **k)) or loaded[-1])
+    out = tmp_path / "out"
+    ema = ["--ema"] if (src / "llm" / "ema_model.bin").is_file() else ["--no-ema"]  # the variants have no EMA file
+    capsys.readouterr()
+    status = cli.main(["generate", "--weights", str(tmp_path / "converted"), "--text-encoder", str(text / "text_encoder"),
+                       "--text-tokenizer", str(text / "text_tokenizer"), "--prompt", "w1 w2", "--out", str(out),
+                       "--no-progress", "--dtype", "bfloat16", *ema])
+    err = capsys.readouterr().err
+    assert status == 0 and "Traceback" not in err and "generate: dtype bfloat16 (bfloat16)" in err, err
+    (pipe,) = loaded
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in pipe.tokenizer.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    from PIL import Image
+
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "prompt.txt"]
+    with Image.open(out / "000000.png") as image:
+        assert image.size == (32, 32) and image.mode == "RGB"
