@@ -125,6 +125,7 @@ def test_make_student_writes_learner_copies_that_hold_no_solution(tmp_path):
     for path in copies:
         text = path.read_text()
         assert course_student.BEGIN_SOLUTION not in text and course_student.BEGIN_ANSWER not in text, path.name
+        assert course_student.NBVAL_MARK not in text, path.name   # no outputs to compare in a learner copy
 
 
 def test_make_lab_and_student_targets_exist():

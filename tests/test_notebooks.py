@@ -2,9 +2,10 @@
 
 The notebooks are committed executed, so learners read their outputs without running them. An
 output that shows a traceback, a warning, a progress bar, a path of the machine that ran it, an
-empty figure or a "not there yet" fallback teaches the wrong thing, and nbval's lax mode does not
-look at outputs at all. These tests read the committed files (no kernel); the time limit itself
-is enforced by notebooks/conftest.py while nbval runs them.
+empty figure or a "not there yet" fallback teaches the wrong thing, and nbval's lax mode compares
+only the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` (after notebooks/nbval_sanitize.cfg).
+These tests read the committed files (no kernel); the time limit itself is enforced by
+notebooks/conftest.py while nbval runs them.
 """
 
 from __future__ import annotations
@@ -140,3 +141,91 @@ def test_a_notebook_over_the_time_limit_fails_the_nbval_run(tmp_path):
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     assert "notebook time limit of 1 s exceeded: slow.ipynb" in run.stdout
     assert re.search(r"\d+\.\d s  slow\.ipynb   OVER THE LIMIT", run.stdout)
+
+
+# --- nbval output checks: the cells marked `# NBVAL_CHECK_OUTPUT`, compared after the sanitize file ---
+
+SANITIZE = REPO_ROOT / "notebooks" / "nbval_sanitize.cfg"
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def checked_cells(notebook: dict) -> list[int]:
+    """The code-cell indices (0-based) whose first line is the nbval output-check marker."""
+    code_cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    return [i for i, c in enumerate(code_cells)
+            if "".join(c["source"]).lstrip().startswith(CHECK_MARK)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_notebook_has_cells_whose_output_nbval_checks(path):
+    nb = json.loads(path.read_text())
+    marked = checked_cells(nb)
+    assert marked, f"{path.name}: no code cell starts with {CHECK_MARK!r} (nbval would compare none of its outputs)"
+    code_cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    empty = [i for i in marked if not code_cells[i].get("outputs")]
+    assert not empty, f"{path.name}: code cells {empty} are marked but have no committed output to compare"
+
+
+def _nbval_sanitize_patterns() -> list[tuple[str, str]]:
+    from nbval.plugin import get_sanitize_patterns
+
+    return get_sanitize_patterns(SANITIZE.read_text())
+
+
+def test_make_test_nb_compares_the_marked_cells_through_the_sanitize_file():
+    recipe = subprocess.run(["make", "-n", "test-nb"], capture_output=True, text=True, cwd=REPO_ROOT).stdout
+    assert "--nbval-sanitize-with notebooks/nbval_sanitize.cfg" in recipe, recipe
+    assert "--nbval-lax" in recipe   # lax: only the marked cells are compared
+    assert len(_nbval_sanitize_patterns()) >= 4
+
+
+@pytest.mark.parametrize("a, b", [
+    ("encoded 128 images in 3 s", "encoded 128 images in 41.7 s"),
+    ("eager 0.599 ms, triton 0.037 ms", "eager 1.2 ms, triton 0.1 ms"),
+    ("peak memory 9.43 GiB (10.12 GB)", "peak memory 11.0 GiB (11.81 GB)"),
+    ("weights: /work/main/weights/tiny", "weights: /home/someone/hart_edu/weights/tiny"),
+    ("NVIDIA H200, 2026-11-30T20:45:39+00:00", "NVIDIA H200, 2027-01-02T08:00:00+00:00"),
+    ("(load average before: 0.4)", "(load average before: 3.9)"),
+])
+def test_the_sanitize_file_hides_timings_memory_paths_and_dates(a, b):
+    def sanitize(text):
+        for regex, replace in _nbval_sanitize_patterns():
+            text = re.sub(regex, replace, text)
+        return text
+    assert sanitize(a) == sanitize(b) != a
+
+
+@pytest.mark.parametrize("text", ["image_B3HW (4, 3, 64, 64)", "20 steps of 32 scenes, 8 scales", "3.14M parameters",
+                                  "max |difference| = 0.0e+00", "PASSED rms_norm: 6 cases"])
+def test_the_sanitize_file_leaves_shapes_counts_and_numbers_alone(text):
+    for regex, replace in _nbval_sanitize_patterns():
+        text_after = re.sub(regex, replace, text)
+        assert text_after == text, (regex, text_after)
+
+
+def test_nbval_fails_a_marked_cell_whose_output_changed_and_ignores_timings(tmp_path):
+    """A notebook under nbval with the sanitize file: a marked cell whose committed output is wrong
+    fails; a marked cell that prints a different time passes (sanitized); an unmarked cell with a
+    wrong committed output passes (lax)."""
+    import nbformat
+
+    def cell(source, committed):
+        c = nbformat.v4.new_code_cell(source, execution_count=1)   # nbval refuses outputs of an unrun cell
+        c.outputs = [nbformat.v4.new_output("stream", name="stdout", text=committed)]
+        return c
+
+    nb = nbformat.v4.new_notebook(cells=[
+        cell(f"{CHECK_MARK}\nimport time\nprint(f'took {{time.perf_counter() % 7 + 1:.2f}} s')", "took 1.23 s\n"),
+        cell(f"{CHECK_MARK}\nprint('shape', (4, 3, 64, 64))", "shape (4, 3, 64, 65)\n"),
+        cell("print('not compared')", "something else\n"),
+        cell(f"{CHECK_MARK}\nprint('shape', (4, 16, 8, 8))", "shape (4, 16, 8, 8)\n"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "marked.ipynb")
+    run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+                          "--nbval-sanitize-with", str(SANITIZE), "-rf", str(tmp_path / "marked.ipynb")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out[-3000:]
+    assert "1 failed, 3 passed" in out, out[-3000:]
+    assert re.search(r"FAILED .*Cell 1\b", out), out[-3000:]

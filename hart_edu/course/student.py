@@ -9,6 +9,8 @@ The committed notebooks are the instructor's: every exercise has its solution be
 
 * replaces each solution by ``raise NotImplementedError("Exercise N.k")`` at the same indentation,
 * drops each answer (the question stays),
+* drops the ``# NBVAL_CHECK_OUTPUT`` lines (they tell ``make test-nb`` which committed outputs to
+  compare; a learner copy has none),
 * and has no outputs: the learner runs it.
 
 The answers go to the instructor key, a markdown file (``course/instructor_key.md``), one
@@ -32,6 +34,7 @@ KEY = REPO_ROOT / "course" / "instructor_key.md"
 
 BEGIN_SOLUTION, END_SOLUTION = "# BEGIN SOLUTION", "# END SOLUTION"
 BEGIN_ANSWER, END_ANSWER = "<!-- BEGIN ANSWER -->", "<!-- END ANSWER -->"
+NBVAL_MARK = "# NBVAL_CHECK_OUTPUT"
 EXERCISE_TITLE = re.compile(r"^###\s+Exercise\s+(\d+\.\d+)\s*:?\s*(.*)$", re.MULTILINE)
 QUESTION = re.compile(r"\*\*Question\s+([\w.]+)\*\*")
 
@@ -135,6 +138,7 @@ def student_copy(nb: dict[str, Any], where: str = "notebook") -> dict[str, Any]:
         if cell["cell_type"] == "code":
             if text in numbers:
                 text = stub(text, numbers[text])
+            text = "".join(line for line in text.splitlines(keepends=True) if line.strip() != NBVAL_MARK)
             cell["outputs"], cell["execution_count"] = [], None
         elif cell["cell_type"] == "markdown":
             text, _ = split_answer(text)
