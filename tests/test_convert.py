@@ -143,9 +143,9 @@ def test_generate_in_bfloat16_from_a_converted_official_tree(tmp_path, capsys, m
     out = tmp_path / "out"
     ema = ["--ema"] if (src / "llm" / "ema_model.bin").is_file() else ["--no-ema"]  # the variants have no EMA file
     capsys.readouterr()
-    status = cli.main(["generate", "--weights", str(tmp_path / "converted"), "--text-encoder", str(text / "text_encoder"),
-                       "--text-tokenizer", str(text / "text_tokenizer"), "--prompt", "w1 w2", "--out", str(out),
-                       "--no-progress", "--dtype", "bfloat16", *ema])
+    status = cli.main(["generate", "--weights", str(tmp_path / "converted"),
+                       "--text-encoder", str(text / "text_encoder"), "--text-tokenizer", str(text / "text_tokenizer"),
+                       "--prompt", "w1 w2", "--out", str(out), "--no-progress", "--dtype", "bfloat16", *ema])
     err = capsys.readouterr().err
     assert status == 0 and "Traceback" not in err and "generate: dtype bfloat16 (bfloat16)" in err, err
     (pipe,) = loaded
