@@ -127,20 +127,24 @@ def test_display_path_hides_the_machine():
 
 def test_a_notebook_over_the_time_limit_fails_the_nbval_run(tmp_path):
     """notebooks/conftest.py under nbval: a notebook that sleeps 2 s, with a 1 s limit, fails
-    the session (exit 1) and is named; the times are printed."""
+    the session (exit 1) and is named; the times are printed, and written to the JSON file that
+    HART_EDU_NOTEBOOK_TIMES names (how course/notebook_times.json is made)."""
     import nbformat
 
     shutil.copy(REPO_ROOT / "notebooks" / "conftest.py", tmp_path / "conftest.py")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(2)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "slow.ipynb")
-    env = dict(os.environ, HART_EDU_NOTEBOOK_LIMIT_S="1")
+    env = dict(os.environ, HART_EDU_NOTEBOOK_LIMIT_S="1", HART_EDU_NOTEBOOK_TIMES=str(tmp_path / "times.json"))
     run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
                           "-p", "no:cacheprovider", str(tmp_path)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     assert "notebook time limit of 1 s exceeded: slow.ipynb" in run.stdout
     assert re.search(r"\d+\.\d s  slow\.ipynb   OVER THE LIMIT", run.stdout)
+    times = json.loads((tmp_path / "times.json").read_text())
+    assert times["limit_s"] == 1 and times["seconds"]["slow.ipynb"] >= 2, times
+    assert {"load_average", "python", "cpu"} <= set(times)
 
 
 # --- nbval output checks: the cells marked `# NBVAL_CHECK_OUTPUT`, compared after the sanitize file ---
