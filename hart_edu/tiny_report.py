@@ -133,7 +133,7 @@ def section(root: Path = REPO_ROOT) -> str:
           "chosen on validation captions carved from the training split and written to "
           "`weights/tiny/generation_config.json`, which the pipeline, `hart-edu generate`, the app and `make demo` use:",
           "", "```bash", _command(s),
-          "python -m hart_edu.eval --choose-settings --split validation --n 200 --out weights/tiny/reports/validation",
+          "python -m hart_edu.eval --choose-settings --split validation --n 200 --out weights/tiny/reports/validation --overwrite",
           "```", "",
           f"The training run took {train['train_seconds_this_run'] / 60:.0f} min of wall time on {cpu['model']} "
           f"({cpu['kind']}, {s['threads']} threads, float32: bfloat16 is the fast path only where the CPU has native "
