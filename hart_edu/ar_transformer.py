@@ -343,9 +343,10 @@ class LlamaAttention(nn.Module):
         if mask_padding:  # not official: hide padded context keys
             bias = torch.zeros(cache.valid_NK.shape, dtype=x_NLC.dtype, device=x_NLC.device)
             bias = bias.masked_fill(~cache.valid_NK, float("-inf"))[:, None, None, :]
-        out_NHLd = F.scaled_dot_product_attention(
-            q_NHLd, cache.k_NHKd, cache.v_NHKd, attn_mask=bias, scale=self.scale
-        )
+        k_NHKd, v_NHKd = cache.k_NHKd, cache.v_NHKd
+        if k_NHKd.dtype != q_NHLd.dtype:  # a cache stored in another dtype: attend in the model's
+            k_NHKd, v_NHKd = k_NHKd.to(q_NHLd.dtype), v_NHKd.to(q_NHLd.dtype)
+        out_NHLd = F.scaled_dot_product_attention(q_NHLd, k_NHKd, v_NHKd, attn_mask=bias, scale=self.scale)
         return self.proj(out_NHLd.transpose(1, 2).reshape(N, L, C))
 
 
@@ -646,13 +647,16 @@ class HARTTransformer(nn.Module):
     # -- one pass over the scales --------------------------------------------------------------
 
     def begin(self, context_NTD: torch.Tensor, mask_NT: torch.Tensor, position_ids_NT: torch.Tensor, *,
-              attend_to_padding: bool = True, cache_capacity: int = 0, record_blocks: bool = False) -> ScalePass:
+              attend_to_padding: bool = True, cache_capacity: int = 0, cache_dtype: torch.dtype | None = None,
+              record_blocks: bool = False) -> ScalePass:
         """Start a pass: the condition ``c = context_embed(context_norm(ctx))``, each block's
         adaLN parameters from it, and empty KV caches.
 
         ``attend_to_padding`` (official: True): padded context keys take part in attention.
         ``cache_capacity``: 0 grows the caches by concatenation (training: gradients flow
         through them); the sequence length preallocates them (generation, see :class:`KVCache`).
+        ``cache_dtype``: the caches' storage dtype (None: the model's; e.g. bfloat16 under a
+        float32 model halves their memory, see :class:`KVCache`; needs ``cache_capacity``).
         ``record_blocks``: keep every block's output of every stage (for parity and tests).
         """
         mask_NT = mask_NT.bool()
@@ -664,7 +668,7 @@ class HARTTransformer(nn.Module):
             mask_NT=mask_NT,
             position_ids_NT=position_ids_NT,
             mods=[blk.modulation(cond_NTC, mask_NT) for blk in self.blocks],
-            caches=[KVCache(capacity=cache_capacity) for _ in self.blocks],
+            caches=[KVCache(capacity=cache_capacity, storage_dtype=cache_dtype) for _ in self.blocks],
             mask_padding=not attend_to_padding,
             block_outputs=[] if record_blocks else None,
         )
@@ -673,11 +677,12 @@ class HARTTransformer(nn.Module):
                    valid_NL: torch.Tensor) -> torch.Tensor:
         """All blocks on one stage's tokens, appending their keys/values to the caches.
         ``positions``: RoPE position ids, (N, L) for context tokens, (N, L, 2) for image tokens."""
-        outs = []
-        for blk, mod, cache in zip(self.blocks, sp.mods, sp.caches):
+        outs = [] if sp.block_outputs is not None else None  # kept only when recorded: at 1024px the
+        for blk, mod, cache in zip(self.blocks, sp.mods, sp.caches):  # 16 outputs of 64x64 are 0.8 GiB
             x_NLC = blk(x_NLC, mod, positions, cache, valid_NL, sp.mask_padding)
-            outs.append(x_NLC)
-        if sp.block_outputs is not None:
+            if outs is not None:
+                outs.append(x_NLC)
+        if outs is not None:
             sp.block_outputs.append(outs)
         return x_NLC
 

@@ -279,7 +279,7 @@ def _generate_pixels(args: argparse.Namespace, request, sampling, weights: Path,
     The low-memory path of ``hart-edu run-real``: the text encoder is freed once the prompts are
     encoded (one call), blocks of 16 MiB and more get their own mappings (hart_edu.memory;
     unless ``MALLOC_MMAP_THRESHOLD_`` is set), and with ``--quantize int8`` the linear layers are
-    quantized right after loading."""
+    quantized right after loading and the KV cache is stored in bfloat16."""
     import io
 
     from hart_edu.memory import map_large_blocks_unless_set
@@ -299,7 +299,7 @@ def _generate_pixels(args: argparse.Namespace, request, sampling, weights: Path,
             backend=args.backend, dtype=dtype, release_text_encoder=True,
         )
     if args.quantize == "int8":
-        quantize_pipeline_int8_(pipe.text_encoder.model, pipe.transformer)
+        quantize_pipeline_int8_(pipe)
     out = pipe(
         request.prompts, cfg=request.cfg, top_k=request.top_k, top_p=request.top_p,
         more_smooth=sampling.more_smooth, seed=args.seed, residual=sampling.residual, greedy=sampling.greedy,

@@ -221,9 +221,9 @@ def add_cpu_arguments(parser) -> None:
                              "BF16), else float32; the choice and its reason are printed (see "
                              "hart_edu.cpu_dtype; default: auto)")
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
-                        help="int8: the text encoder's and the transformer's linear layers in int8, float32 "
-                             "activations (less memory, faster on a CPU, slightly different images; see "
-                             "hart_edu.quantize; default: none)")
+                        help="int8: the text encoder's and the transformer's linear layers in int8 and the KV "
+                             "cache stored in bfloat16, float32 activations and attention (less memory, faster on "
+                             "a CPU, slightly different images; see hart_edu.quantize; default: none)")
 
 
 def print_choice(program: str, choice: DtypeChoice) -> None:

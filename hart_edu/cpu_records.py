@@ -112,15 +112,16 @@ PHASES = ("text encoder", "transformer", "diffusion", "VAE decoder")
 
 
 def markdown_table(records: list[Record]) -> str:
-    """The README's table: one row per record, phase times, total and peak."""
-    head = ("| machine kind | CPU | threads | dtype | " + " | ".join(PHASES)
+    """The README's table: one row per record, phase times, total and peak. The date matters:
+    the same machine kind rented on another day can run the same code at another speed."""
+    head = ("| machine kind | CPU | date | threads | dtype | " + " | ".join(PHASES)
             + " | one 1024px image | peak RSS | report |")
     rule = "|" + "---|" * (head.count("|") - 1)
     rows = [head, rule]
     for r in records:
         how = r.dtype + (f" + {r.quantize}" if r.quantize != "none" else "")
         phases = " | ".join(f"{r.seconds[p]:.1f} s" if p in r.seconds else "" for p in PHASES)
-        rows.append(f"| {r.kind} | {r.cpu} | {r.threads} | {how} | {phases} | **{r.total_seconds:.1f} s** | "
+        rows.append(f"| {r.kind} | {r.cpu} | {r.date[:10]} | {r.threads} | {how} | {phases} | **{r.total_seconds:.1f} s** | "
                     f"{r.peak_bytes / GIB:.2f} GiB | `docs/cpu/{r.file}` |")
     return "\n".join(rows)
 

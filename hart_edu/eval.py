@@ -415,7 +415,7 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[int], GenerationConf
     from hart_edu.sampler import check_seed
 
     if args.n < 1:
-        raise ValueError(f"--n {args.n}: the number of captions must be at least 1")
+        raise ValueError(f"--captions (--n) {args.n}: the number of captions must be at least 1")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: give at least 1 caption per batch")
     try:

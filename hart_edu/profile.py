@@ -262,10 +262,11 @@ def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch
     more words than the transformer takes text positions; None: none.
     ``release_text_encoder``: the pipeline's option (free the text encoder after the first
     call has encoded its prompts). ``quantize``: "int8" draws the text encoder's and the
-    transformer's linear layers as int8 layers (:mod:`hart_edu.quantize`; float32 only)."""
+    transformer's linear layers as int8 layers and stores the KV cache in bfloat16
+    (:mod:`hart_edu.quantize`; float32 only)."""
     from hart_edu.ar_transformer import HARTTransformer
     from hart_edu.hybrid_tokenizer import HybridTokenizer
-    from hart_edu.quantize import check_quantize, materialise_random_int8
+    from hart_edu.quantize import INT8_KV_CACHE_DTYPE, check_quantize, materialise_random_int8
     from hart_edu.sampler import HARTPipeline, check_dtype
     from hart_edu.text_encoder import TextEncoder
 
@@ -273,8 +274,9 @@ def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch
     if not isinstance(size, Architecture) and size not in ARCHITECTURES:
         raise ValueError(f"unknown size {size!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
     arch = size if isinstance(size, Architecture) else ARCHITECTURES[size]
-    materialise = materialise_random
+    materialise, kv_cache_dtype = materialise_random, None
     if check_quantize(quantize, dtype) == "int8":
+        kv_cache_dtype = INT8_KV_CACHE_DTYPE
         materialise = materialise_random_int8(  # as quantize_pipeline_int8_: the text encoder weight-only
             skip=lambda model: isinstance(model, HybridTokenizer),
             weight_only=lambda model: not isinstance(model, (HybridTokenizer, HARTTransformer)))
@@ -284,7 +286,8 @@ def random_release_pipeline(size: str | Architecture = "1024px", *, dtype: torch
     if system_prompt is not None and len(system_prompt.split()) > T:
         system_prompt = None
     encoder = TextEncoder(models.text_model, words, max_length=T, system_prompt=system_prompt)
-    return HARTPipeline(encoder, models.transformer, models.tokenizer, release_text_encoder=release_text_encoder)
+    return HARTPipeline(encoder, models.transformer, models.tokenizer, release_text_encoder=release_text_encoder,
+                        kv_cache_dtype=kv_cache_dtype)
 
 
 def parameter_counts(pipe: Any) -> dict[str, int]:

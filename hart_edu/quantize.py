@@ -39,6 +39,13 @@ Activations stay float32: the int8 layers take float32 inputs (so ``--quantize i
 ``--dtype float32``). Only ``nn.Linear`` layers change: embeddings, norms, attention (softmax(Q
 K^T) V over the KV cache), the VAE decoder's convolutions stay as they were.
 
+The KV cache is the other big store: at 1024px its float32 keys and values are 3.57 GiB at the
+last scale (16 blocks x 2 x 2 CFG rows x 9,750 positions x 1,536 x 4 bytes), more than the int8
+weights. ``--quantize int8`` keeps it in bfloat16 (:data:`INT8_KV_CACHE_DTYPE`, see
+:class:`hart_edu.kv_cache.KVCache`): 1.79 GiB, each key and value rounded once when written,
+the attention itself still float32 (bfloat16 arithmetic is the slow path on a CPU without
+native bfloat16; a cast is not).
+
 ``torch.ao.quantization``'s eager API prints a DeprecationWarning in torch 2.13 (its successor
 is the separate ``torchao`` package); it still works, and the warning is silenced here only.
 """
@@ -59,6 +66,7 @@ __all__ = [
     "Int8Summary",
     "quantize_int8_",
     "quantize_pipeline_int8_",
+    "INT8_KV_CACHE_DTYPE",
     "materialise_random_int8",
     "check_quantize",
     "is_int8_layer",
@@ -67,6 +75,7 @@ __all__ = [
 
 QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8")
 DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("head",)  # module names (last component) left in float32
+INT8_KV_CACHE_DTYPE = torch.bfloat16  # the KV cache's storage under --quantize int8 (attention stays float32)
 
 # (owner class name, attribute): layers whose owner reads ``.weight`` itself, not ``layer(x)``
 _WEIGHT_READ_BY_OWNER: frozenset[tuple[str, str]] = frozenset({("LlamaAttention", "qkv_proj")})
@@ -209,11 +218,15 @@ def quantize_int8_(model: nn.Module, keep_float: Sequence[str] = DEFAULT_KEEP_FL
     return summary
 
 
-def quantize_pipeline_int8_(text_model: nn.Module, transformer: nn.Module) -> Int8Summary:
-    """``--quantize int8`` of a loaded pipeline: the text encoder weight-only (it runs once per
-    call, so its speed matters little, and its activations are not rounded: see the module's
-    measurements), the transformer dynamic int8 (its logits ``head`` float32)."""
-    return quantize_int8_(text_model, keep_float=(), weight_only=True).add(quantize_int8_(transformer))
+def quantize_pipeline_int8_(pipe) -> Int8Summary:
+    """``--quantize int8`` of a loaded :class:`~hart_edu.sampler.HARTPipeline`: the text encoder
+    weight-only (it runs once per call, so its speed matters little, and its activations are
+    not rounded: see the module's measurements), the transformer dynamic int8 (its logits
+    ``head`` float32), and the KV cache stored in :data:`INT8_KV_CACHE_DTYPE`."""
+    summary = quantize_int8_(pipe.text_encoder.model, keep_float=(), weight_only=True)
+    summary = summary.add(quantize_int8_(pipe.transformer))
+    pipe.kv_cache_dtype = INT8_KV_CACHE_DTYPE
+    return summary
 
 
 def materialise_random_int8(keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,

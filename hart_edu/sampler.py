@@ -295,12 +295,14 @@ class HARTPipeline:
 
     def __init__(self, text_encoder: TextEncoder, transformer: HARTTransformer, tokenizer: HybridTokenizer,
                  *, backend: str = "reference", release_text_encoder: bool = False,
-                 generation_config: GenerationConfig | None = None):
+                 generation_config: GenerationConfig | None = None, kv_cache_dtype: torch.dtype | None = None):
         """``backend``: the kernel backend every call runs with (see :attr:`backend`).
         ``release_text_encoder``: free the text encoder's weights once the first call has
         encoded its prompts (see the module's "Low memory"; later calls raise).
         ``generation_config``: the sampling defaults of the calls (see
-        :attr:`generation_config`; None: the official ones, ``GenerationConfig()``)."""
+        :attr:`generation_config`; None: the official ones, ``GenerationConfig()``).
+        ``kv_cache_dtype``: the KV cache's storage dtype (None: the pipeline's dtype; bfloat16
+        under float32 halves the cache, see :func:`hart_edu.generation.generate`)."""
         T, D = transformer.config.context_token, transformer.config.context_dim
         if text_encoder.max_length != T:
             raise ValueError(
@@ -325,6 +327,9 @@ class HARTPipeline:
         self.text_encoder, self.transformer, self.tokenizer = text_encoder, transformer, tokenizer
         self.backend = backend
         self.release_text_encoder = release_text_encoder
+        if kv_cache_dtype is not None and not (isinstance(kv_cache_dtype, torch.dtype) and kv_cache_dtype.is_floating_point):
+            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} must be None or a floating torch.dtype")
+        self.kv_cache_dtype = kv_cache_dtype
         self.text_encoder_released = False  # True once its weights are freed (then calls raise)
         self.memory_returned = False  # True once the allocator was asked to give it back to the OS
         self._set_conv_layout()
@@ -536,6 +541,8 @@ class HARTPipeline:
         with torch.no_grad(), self.autocast(), kernel_backend.use_backend(self.backend):
             result = self._generate(context_BTD, mask_BT, position_ids_BT, settings, rng, quirks, progress,
                                     given_indices)
+            if self.release_text_encoder:  # low memory: what the scales freed goes back before the decoder
+                self.memory_returned = return_free_memory()
             image_B3HW = to_output_range(self.tokenizer.decode(result.f_hat_BChw))  # the one decode
         images = [uint8_to_pil(px) for px in images_to_uint8(image_B3HW)]
         return HARTPipelineOutput(
@@ -573,7 +580,7 @@ class HARTPipeline:
             return generate(
                 self.transformer, self.tokenizer.quantizer, context_BTD, mask_BT, position_ids_BT,
                 settings=settings, generator=rng, quirks=quirks, on_stage_end=stage_done,
-                given_indices=given_indices,
+                given_indices=given_indices, kv_cache_dtype=self.kv_cache_dtype,
             )
 
     @torch.no_grad()

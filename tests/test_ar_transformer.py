@@ -163,3 +163,28 @@ def test_kv_cache_buffer_holds_what_concatenation_holds():
         assert torch.equal(buffered.valid_NK, growing.valid_NK)
     with pytest.raises(ValueError, match="capacity 16 cannot take 1 more keys after 16"):
         buffered.extend(k[:, :, :1], v[:, :, :1], valid[:, :1])
+
+
+def test_kv_cache_storage_dtype_rounds_once_and_attention_stays_in_the_model_dtype():
+    """A bfloat16 cache under a float32 model holds the bfloat16-rounded keys; the attention
+    reads them back in float32, so its output is float32 attention over the rounded keys."""
+    from hart_edu.ar_transformer import LlamaAttention
+    from hart_edu.kv_cache import KVCache
+
+    g = torch.Generator().manual_seed(1)
+    k, v = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g)
+    cache = KVCache(capacity=8, storage_dtype=torch.bfloat16)
+    cache.extend(k, v, torch.ones(2, 5, dtype=torch.bool))
+    assert cache.k_NHKd.dtype == torch.bfloat16 and torch.equal(cache.k_NHKd, k.bfloat16())
+    assert torch.equal(cache.v_NHKd, v.bfloat16())
+    with pytest.raises(ValueError, match="needs a capacity"):
+        KVCache(storage_dtype=torch.bfloat16).extend(k, v, torch.ones(2, 5, dtype=torch.bool))
+
+    attn = LlamaAttention(embed_dim=12, num_heads=3, attn_l2_norm=False).eval()
+    x_NLC, pos_NL = torch.randn(2, 5, 12, generator=g), torch.arange(5).expand(2, 5)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        exact = attn(x_NLC, pos_NL, KVCache(capacity=8), valid, False)
+        compact = attn(x_NLC, pos_NL, KVCache(capacity=8, storage_dtype=torch.bfloat16), valid, False)
+    assert compact.dtype == torch.float32
+    assert 0 < (compact - exact).abs().max() < 1e-2 * exact.abs().max()  # bfloat16 rounding, nothing more

@@ -131,6 +131,7 @@ def test_int8_pipeline_makes_an_image_close_to_float32_logits():
     text_layers = [m for m in int8.text_encoder.model.modules() if is_int8_layer(m)]
     assert len(text_layers) == 14 and all(isinstance(m, Int8WeightLinear) for m in text_layers)  # weight-only
     assert sum(map(is_int8_layer, int8.transformer.modules())) == 29
+    assert f32.kv_cache_dtype is None and int8.kv_cache_dtype == torch.bfloat16  # the KV cache in bfloat16 too
     out = int8(["a red cat"], seed=3, progress=False)
     assert out.image_B3HW.shape == (1, 3, 32, 32) and torch.isfinite(out.image_B3HW).all()
     a = f32.text_encoder(["a red cat"]).context_BTD
@@ -187,7 +188,7 @@ def test_comparison_uses_the_closest_kind_and_the_same_setting(tmp_path):
     assert "AMX (CPU amx" in comparison_line(40.0, 1, "AVX-512 BF16", "1024px", "bfloat16", "none", records)
     assert "no recorded run of --size tiny" in comparison_line(1.0, 1, "AVX2", "tiny", "float32", "none", records)
     table = markdown_table(records).splitlines()
-    assert len(table) == 5 and "| AVX2 | CPU avx2-int8 | 2 | float32 + int8 |" in table[4] and "**200.0 s**" in table[4]
+    assert len(table) == 5 and "| AVX2 | CPU avx2-int8 | " in table[4] and " | 2 | float32 + int8 |" in table[4] and "**200.0 s**" in table[4]
 
 
 def test_the_recorded_runs_load_and_the_readmes_quote_them():
@@ -239,3 +240,30 @@ def test_generate_dtype_and_int8(tmp_path, capsys):
 def test_generate_warns_when_the_dtype_is_slow_here(tmp_path, capsys):
     status, _ = _generate(tmp_path, "bf16", "--dtype", "bfloat16")
     assert status == 0 and "generate: warning: bfloat16 is slow on this CPU" in capsys.readouterr().err
+
+
+def test_int8_of_a_loaded_pipeline_stores_the_kv_cache_in_bfloat16():
+    """quantize_pipeline_int8_ (generate --quantize int8): the layers, and the cache's dtype. The
+    cache alone in bfloat16 moves the context stage's logits (the same inputs in both runs) by
+    rounding only."""
+    from hart_edu.generation import generate
+    from hart_edu.quantize import INT8_KV_CACHE_DTYPE, quantize_pipeline_int8_
+
+    pipe = random_release_pipeline("tiny", seed=0, prompts=("a red cat",), dtype=torch.float32)
+    text = pipe.text_encoder(["a red cat"])
+    args = (pipe.tokenizer.quantizer, text.context_BTD, text.mask_BT, text.position_ids_BT)
+
+    def raw_logits(p, kv_cache_dtype):
+        out = generate(p.transformer, *args, generator=torch.Generator().manual_seed(0), capture=True,
+                       kv_cache_dtype=kv_cache_dtype)
+        return out.raw_logits
+
+    f32 = raw_logits(pipe, None)
+    compact = raw_logits(pipe, torch.bfloat16)  # the cache alone in bfloat16: float32 layers
+    summary = quantize_pipeline_int8_(pipe)
+    assert pipe.kv_cache_dtype == INT8_KV_CACHE_DTYPE == torch.bfloat16
+    assert summary.line()
+    a, b = f32[0], compact[0]  # later scales take sampled codes, which rounding may change
+    assert 0 < (a - b).abs().max() < 0.05 * a.abs().max()
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        type(pipe)(pipe.text_encoder, pipe.transformer, pipe.tokenizer, kv_cache_dtype=torch.int8)

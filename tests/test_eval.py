@@ -183,7 +183,7 @@ def eval_bad_cases(tmp_path):
         "missing weights": (["--weights", str(tmp_path / "none")], "HART weights folder not found"),
         "out a file": (["--out", str(a_file)], f"--out {a_file} exists and is not a folder"),
         "out unwritable": (["--out", "/proc/self/eval-out"], "--out /proc/self/eval-out cannot be written"),
-        "n 0": (["--n", "0"], "--n 0: the number of captions must be at least 1"),
+        "n 0": (["--n", "0"], "--captions (--n) 0: the number of captions must be at least 1"),
         "seeds not integers": (["--seeds", "1,x"], "--seeds must be integers separated by commas"),
         "negative seed": (["--seeds", "-1"], "seed=-1"),
     }

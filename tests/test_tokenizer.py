@@ -238,3 +238,30 @@ def test_golden_folder_loads_with_its_bin(golden_dir, tmp_path):
     shutil.copytree(golden_dir / "tiny-official" / "tokenizer", folder)
     tok = HybridTokenizer.from_pretrained(folder)
     assert tok.config.v_patch_nums == (1, 2, 3, 4, 6, 8) and tok.config.is_hybrid
+
+
+@pytest.mark.parametrize("c_in,c_out", [(32, 32), (32, 64)])
+def test_resnet_block_in_place_steps_equal_the_plain_formula_forward_and_backward(c_in, c_out):
+    """ResnetBlock saves memory with in-place SiLU and an in-place residual add: the same numbers
+    as x + conv2(SiLU(GN(conv1(SiLU(GN(x)))))) written out of place, and the same gradients."""
+    import torch.nn.functional as F
+
+    from hart_edu.hybrid_tokenizer import ResnetBlock
+
+    g = torch.Generator().manual_seed(0)
+    block = ResnetBlock(c_in, c_out, dropout=0.0)
+    with torch.no_grad():
+        for p in block.parameters():  # any weights do: drawn from our generator
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    x = torch.randn(2, c_in, 8, 8, generator=g, requires_grad=True)
+
+    def plain(x_BChw):
+        h = block.conv1(F.silu(block.norm1(x_BChw)))
+        h = block.conv2(F.silu(block.norm2(h)))
+        return block.nin_shortcut(x_BChw) + h
+
+    out, ref = block(x), plain(x)
+    assert torch.equal(out, ref)
+    (g_out,) = torch.autograd.grad(out.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-6)
