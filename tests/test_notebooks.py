@@ -233,3 +233,12 @@ def test_nbval_fails_a_marked_cell_whose_output_changed_and_ignores_timings(tmp_
     assert run.returncode == 1, out[-3000:]
     assert "1 failed, 3 passed" in out, out[-3000:]
     assert re.search(r"FAILED .*Cell 1\b", out), out[-3000:]
+
+
+def test_the_course_records_a_measured_time_for_every_notebook():
+    """course/README.md points to course/notebook_times.json for the notebooks' run times: it must
+    exist, name the CPU that ran them and hold every notebook, each under the limit."""
+    record = json.loads((REPO_ROOT / "course" / "notebook_times.json").read_text(encoding="utf-8"))
+    assert record["cpu"]["kind"] and record["limit_s"] == 90
+    assert set(record["seconds"]) == {nb.name for nb in NOTEBOOKS}, "re-run: HART_EDU_NOTEBOOK_TIMES=... make test-nb"
+    assert all(0 < s <= record["limit_s"] for s in record["seconds"].values())
