@@ -128,7 +128,10 @@ class ResnetBlock(nn.Module):
         h_BChw = self.conv1(F.silu(self.norm1(x_BChw), inplace=True))
         h_BChw = F.silu(self.norm2(h_BChw), inplace=True)  # rebinding frees conv1's output (inference)
         h_BChw = self.conv2(self.dropout(h_BChw))
-        return h_BChw.add_(self.nin_shortcut(x_BChw))
+        shortcut_BChw = self.nin_shortcut(x_BChw)
+        if h_BChw.dtype != shortcut_BChw.dtype:  # e.g. a float32 input under bf16 autocast: + promotes
+            return shortcut_BChw + h_BChw
+        return h_BChw.add_(shortcut_BChw)
 
 
 class AttnBlock(nn.Module):

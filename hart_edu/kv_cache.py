@@ -37,7 +37,7 @@ class KVCache:
     computes in, e.g. bfloat16 under a float32 model (``--quantize int8``): half the memory of
     the cache (3.57 -> 1.79 GiB at 1024px), and the attention still runs in float32, since
     :class:`~hart_edu.ar_transformer.LlamaAttention` casts what it reads back to its queries'
-    dtype. Each key is rounded to bfloat16's 8 significant bits once, when it is written.
+    dtype. Each key and value is rounded to bfloat16's 8 significant bits once, when it is written.
     """
 
     k_NHKd: torch.Tensor | None = None
@@ -47,14 +47,16 @@ class KVCache:
     storage_dtype: torch.dtype | None = None
     _buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.storage_dtype is not None and not self.capacity:
+            raise ValueError("a KV cache with a storage_dtype needs a capacity (its buffers)")
+
     @property
     def length(self) -> int:
         return 0 if self.k_NHKd is None else self.k_NHKd.shape[2]
 
     def extend(self, k_NHLd: torch.Tensor, v_NHLd: torch.Tensor, valid_NL: torch.Tensor) -> None:
         if not self.capacity:
-            if self.storage_dtype is not None:
-                raise ValueError("a KV cache with a storage_dtype needs a capacity (its buffers)")
             if self.k_NHKd is None:
                 self.k_NHKd, self.v_NHKd, self.valid_NK = k_NHLd, v_NHLd, valid_NL
             else:
@@ -67,7 +69,7 @@ class KVCache:
             raise ValueError(f"KV cache of capacity {self.capacity} cannot take {L} more keys after {start}")
         if self._buffers is None:
             N, H, _, d = k_NHLd.shape
-            dtype = self.storage_dtype or k_NHLd.dtype
+            dtype = k_NHLd.dtype if self.storage_dtype is None else self.storage_dtype
             self._buffers = (k_NHLd.new_empty(N, H, self.capacity, d, dtype=dtype),
                              v_NHLd.new_empty(N, H, self.capacity, d, dtype=dtype),
                              valid_NL.new_empty(N, self.capacity))

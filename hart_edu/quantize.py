@@ -36,8 +36,9 @@ float32 copy of the whole model never exists (the drawn numbers are the float32 
 same order).
 
 Activations stay float32: the int8 layers take float32 inputs (so ``--quantize int8`` runs with
-``--dtype float32``). Only ``nn.Linear`` layers change: embeddings, norms, attention (softmax(Q
-K^T) V over the KV cache), the VAE decoder's convolutions stay as they were.
+``--dtype float32``). Only ``nn.Linear`` layers become int8: embeddings, norms, the attention
+arithmetic (softmax(Q K^T) V, float32) and the VAE decoder's convolutions stay as they were; the
+attention's cached keys and values are *stored* in bfloat16 (below).
 
 The KV cache is the other big store: at 1024px its float32 keys and values are 3.57 GiB at the
 last scale (16 blocks x 2 x 2 CFG rows x 9,750 positions x 1,536 x 4 bytes), more than the int8

@@ -294,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
     report.extra["dtype choice"] = choice.line()
     report.extra["quantize"] = args.quantize
     report.extra["int8 linear layers"] = int8_layers
+    report.extra["KV cache dtype"] = str(pipe.kv_cache_dtype or pipe.dtype).replace("torch.", "")
     report.extra["weights (GiB)"] = {k: round(v / 1024**3, 3) for k, v in weights.items()}
     report.extra["cpu features"] = features.as_dict()
     report.extra["machine"] = machine

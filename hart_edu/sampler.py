@@ -55,9 +55,10 @@ that call by their size. The pipeline then serves that one call: any later call 
 ``RuntimeError`` saying the text encoder was released (nothing is reloaded behind your back;
 build a new pipeline for more prompts, or pass all prompts in one call). Right after the release
 the pipeline asks the C allocator to hand the freed memory back to the operating system
-(:func:`hart_edu.memory.return_free_memory`); ``hart-edu run-real`` also maps large blocks on
-their own (:func:`hart_edu.memory.map_large_blocks`) so the 1024px scales do not leave their
-freed temporaries in the heap.
+(:func:`hart_edu.memory.return_free_memory`), and once more after the scales, before the
+decoder; ``hart-edu run-real`` also maps large blocks on their own
+(:func:`hart_edu.memory.map_large_blocks`) so the 1024px scales do not leave their freed
+temporaries in the heap.
 """
 
 from __future__ import annotations
@@ -301,7 +302,7 @@ class HARTPipeline:
         encoded its prompts (see the module's "Low memory"; later calls raise).
         ``generation_config``: the sampling defaults of the calls (see
         :attr:`generation_config`; None: the official ones, ``GenerationConfig()``).
-        ``kv_cache_dtype``: the KV cache's storage dtype (None: the pipeline's dtype; bfloat16
+        ``kv_cache_dtype``: the KV cache's storage dtype (see :attr:`kv_cache_dtype`; bfloat16
         under float32 halves the cache, see :func:`hart_edu.generation.generate`)."""
         T, D = transformer.config.context_token, transformer.config.context_dim
         if text_encoder.max_length != T:
@@ -327,8 +328,6 @@ class HARTPipeline:
         self.text_encoder, self.transformer, self.tokenizer = text_encoder, transformer, tokenizer
         self.backend = backend
         self.release_text_encoder = release_text_encoder
-        if kv_cache_dtype is not None and not (isinstance(kv_cache_dtype, torch.dtype) and kv_cache_dtype.is_floating_point):
-            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} must be None or a floating torch.dtype")
         self.kv_cache_dtype = kv_cache_dtype
         self.text_encoder_released = False  # True once its weights are freed (then calls raise)
         self.memory_returned = False  # True once the allocator was asked to give it back to the OS
@@ -340,6 +339,18 @@ class HARTPipeline:
         the 1024px VAE decode on a CPU). The float32 path keeps the default layout."""
         if self.dtype != torch.float32:
             self.tokenizer.to(memory_format=torch.channels_last)
+
+    @property
+    def kv_cache_dtype(self) -> torch.dtype | None:
+        """The KV cache's storage dtype in calls (None: the dtype the keys are computed in;
+        ``--quantize int8`` sets bfloat16, see :func:`hart_edu.quantize.quantize_pipeline_int8_`)."""
+        return self._kv_cache_dtype
+
+    @kv_cache_dtype.setter
+    def kv_cache_dtype(self, dtype: torch.dtype | None) -> None:
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"kv_cache_dtype={dtype!r} must be None or a floating torch.dtype")
+        self._kv_cache_dtype = dtype
 
     @property
     def backend(self) -> str:

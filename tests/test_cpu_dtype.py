@@ -154,7 +154,7 @@ def test_run_real_records_the_dtype_choice_and_int8(tmp_path, capsys):
     assert "no recorded run of --size tiny" in captured.out
     extra = json.loads(path.read_text())["extra"]
     assert extra["quantize"] == "int8" and extra["int8 linear layers"] == {"text encoder": 14, "transformer": 29}
-    assert extra["dtype choice"].startswith("dtype float32 (auto)")
+    assert extra["dtype choice"].startswith("dtype float32 (auto)") and extra["KV cache dtype"] == "bfloat16"
     assert extra["cpu features"]["kind"] == cpu_features().kind
     assert cli.main(["run-real", "--random-weights", "--size", "tiny", "--dtype", "bfloat16",
                      "--quantize", "int8"]) == 2
@@ -267,3 +267,5 @@ def test_int8_of_a_loaded_pipeline_stores_the_kv_cache_in_bfloat16():
     assert 0 < (a - b).abs().max() < 0.05 * a.abs().max()
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         type(pipe)(pipe.text_encoder, pipe.transformer, pipe.tokenizer, kv_cache_dtype=torch.int8)
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        pipe.kv_cache_dtype = "bfloat16"  # a name, not a torch.dtype

@@ -240,10 +240,15 @@ def test_golden_folder_loads_with_its_bin(golden_dir, tmp_path):
     assert tok.config.v_patch_nums == (1, 2, 3, 4, 6, 8) and tok.config.is_hybrid
 
 
+@pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("c_in,c_out", [(32, 32), (32, 64)])
-def test_resnet_block_in_place_steps_equal_the_plain_formula_forward_and_backward(c_in, c_out):
+def test_resnet_block_in_place_steps_equal_the_plain_formula_forward_and_backward(c_in, c_out, autocast):
     """ResnetBlock saves memory with in-place SiLU and an in-place residual add: the same numbers
-    as x + conv2(SiLU(GN(conv1(SiLU(GN(x)))))) written out of place, and the same gradients."""
+    as x + conv2(SiLU(GN(conv1(SiLU(GN(x)))))) written out of place, the same dtype, and the same
+    gradients for the input and every parameter; also under bfloat16 autocast with a float32
+    input (where the shortcut and conv2's output differ in dtype and + must promote)."""
+    import contextlib
+
     import torch.nn.functional as F
 
     from hart_edu.hybrid_tokenizer import ResnetBlock
@@ -260,8 +265,13 @@ def test_resnet_block_in_place_steps_equal_the_plain_formula_forward_and_backwar
         h = block.conv2(F.silu(block.norm2(h)))
         return block.nin_shortcut(x_BChw) + h
 
-    out, ref = block(x), plain(x)
-    assert torch.equal(out, ref)
-    (g_out,) = torch.autograd.grad(out.square().sum(), x)
-    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
-    torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-6)
+    def run(fn):
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with context:
+            out = fn(x)
+        grads = torch.autograd.grad(out.float().square().sum(), [x, *block.parameters()])
+        return out, grads
+
+    (out, grads), (ref, ref_grads) = run(block), run(plain)
+    assert out.dtype == ref.dtype and torch.equal(out, ref)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))

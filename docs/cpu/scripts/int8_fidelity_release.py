@@ -4,7 +4,9 @@ difference of the first scales' logits, and of the text encoder's output, agains
 * transformer: hart-0.7b-1024px with seeded random weights (float32), one prompt, the codes of
   the first K scales given (random, the same for both runs, so each scale's logits see the same
   history); the logits of those K scales are recorded, then the same model's linear layers are
-  quantized in place (hart_edu.quantize.quantize_int8_) and the run repeated. The text context
+  quantized in place (hart_edu.quantize.quantize_int8_) and the run repeated. The KV cache stays
+  float32 here: this measures the int8 layers alone (``--quantize int8`` also stores the cache in
+  bfloat16, whose rounding tests/test_cpu_dtype.py bounds). The text context
   comes from a 1-layer random text encoder of the released width (the same for both runs).
 * text encoder: Qwen2-VL-1.5B's language model at its released size, random weights, 300 random
   token ids; float32, then int8 in place: dynamic int8, and (rebuilt, the same numbers)
