@@ -22,7 +22,7 @@ from pathlib import Path
 from hart_edu.paths import REPO_ROOT
 
 __all__ = ["RECORDS_FILE", "KIND_ORDER", "Record", "load_records", "closest_records", "comparison_line",
-           "markdown_table"]
+           "memory_warning", "markdown_table"]
 
 RECORDS_FILE = REPO_ROOT / "docs" / "cpu" / "records.json"
 # machine kinds from the most to the least capable for this work; "closest" = nearest in this order
@@ -106,6 +106,31 @@ def comparison_line(total_seconds: float, peak_bytes: int, kind: str, size: str,
     return (f"compared with the recorded run on {relation}, {record.short()}: this run "
             f"{total_seconds:.1f} s (x{total_seconds / record.total_seconds:.2f}), "
             f"peak RSS {peak_bytes / GIB:.2f} GiB (docs/cpu/{record.file})")
+
+
+def memory_warning(kind: str, size: str, dtype: str, quantize: str, available: int | None,
+                   records: list[Record] | None = None) -> str | None:
+    """A line before a run whose setting peaked, in the records of the closest machine kind, above
+    the ``available`` bytes (:func:`hart_edu.memory.available_bytes`): it would swap or be killed.
+    Names the recorded setting with the lowest peak when that one fits. None when it fits, or
+    when nothing is recorded to judge by."""
+    records = load_records() if records is None else records
+    nearby = closest_records([r for r in records if r.size == size], kind)
+    same = [r for r in nearby if (r.dtype, r.quantize) == (dtype, quantize)]
+    if available is None or not same:
+        return None
+    peak = max(same, key=lambda r: r.peak_bytes)
+    if peak.peak_bytes <= available:
+        return None
+    line = (f"this setting ({dtype}{' + ' + quantize if quantize != 'none' else ''}) peaked at "
+            f"{peak.peak_bytes / GIB:.2f} GiB in the recorded run (docs/cpu/{peak.file}), more than the "
+            f"{available / GIB:.2f} GiB available now: it may swap or be killed")
+    lightest = min(nearby, key=lambda r: r.peak_bytes)
+    if lightest.peak_bytes <= available:
+        flags = [f"--dtype {lightest.dtype}"] if lightest.dtype != dtype else []
+        flags += [f"--quantize {lightest.quantize}"] if lightest.quantize != quantize else []
+        line += f"; {' '.join(flags)} peaked at {lightest.peak_bytes / GIB:.2f} GiB"
+    return line
 
 
 PHASES = ("text encoder", "transformer", "diffusion", "VAE decoder")

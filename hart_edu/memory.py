@@ -33,7 +33,7 @@ import os
 import ctypes
 import functools
 
-__all__ = ["return_free_memory", "map_large_blocks", "DEFAULT_MMAP_THRESHOLD"]
+__all__ = ["return_free_memory", "map_large_blocks", "available_bytes", "DEFAULT_MMAP_THRESHOLD"]
 
 DEFAULT_MMAP_THRESHOLD = 16 << 20  # 16 MiB: the 64x64 scale's activations (25 MB and up) get mappings
 M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
@@ -77,3 +77,16 @@ def map_large_blocks_unless_set() -> bool:
     """:func:`map_large_blocks` at its default threshold, unless ``MALLOC_MMAP_THRESHOLD_`` is set
     (the environment's setting wins). For the entry points of ``generate`` and ``run-real``."""
     return "MALLOC_MMAP_THRESHOLD_" not in os.environ and map_large_blocks()
+
+
+def available_bytes() -> int | None:
+    """The memory the OS could give this process now without swapping (``MemAvailable`` of
+    /proc/meminfo), or None where there is no such file (not Linux)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -239,8 +239,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from hart_edu.cpu_dtype import choose_cpu_dtype, cpu_features, print_choice
-    from hart_edu.cpu_records import comparison_line
-    from hart_edu.memory import DEFAULT_MMAP_THRESHOLD, map_large_blocks_unless_set
+    from hart_edu.cpu_records import comparison_line, memory_warning
+    from hart_edu.memory import DEFAULT_MMAP_THRESHOLD, available_bytes, map_large_blocks_unless_set
     from hart_edu.quantize import is_int8_layer, weight_bytes
 
     from hart_edu.limits import check_prompt_texts
@@ -257,6 +257,9 @@ def run(args: argparse.Namespace) -> int:
     choice = choose_cpu_dtype(args.dtype, features, quantize=args.quantize)
     print_choice("hart-edu run-real", choice)
     dtype = choice.dtype
+    warning = memory_warning(features.kind, args.size, choice.name, args.quantize, available_bytes())
+    if warning is not None:  # said before the models are built, not after the machine starts swapping
+        print(f"hart-edu run-real: warning: {warning}", file=sys.stderr)
     # mallopt is process-wide and stays: run-real is a program's entry point
     large_blocks_mapped = args.low_memory and map_large_blocks_unless_set()
     t0 = time.perf_counter()

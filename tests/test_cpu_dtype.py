@@ -191,6 +191,28 @@ def test_comparison_uses_the_closest_kind_and_the_same_setting(tmp_path):
     assert len(table) == 5 and "| AVX2 | CPU avx2-int8 | " in table[4] and " | 2 | float32 + int8 |" in table[4] and "**200.0 s**" in table[4]
 
 
+def test_memory_warning_before_a_setting_that_did_not_fit(tmp_path):
+    """run-real warns, before building, when the closest kind's record of this setting peaked above
+    the memory available now, and names the recorded setting with the lowest peak if it fits."""
+    from hart_edu.cpu_records import memory_warning
+    from hart_edu.memory import available_bytes
+
+    _report(tmp_path, "avx2", 400.0, 9.0)
+    _report(tmp_path, "avx2-int8", 200.0, 5.5, quantize="int8")
+    index = tmp_path / "records.json"
+    index.write_text(json.dumps({"runs": [{"kind": "AVX2", "size": "1024px", "file": f"{f}.json"}
+                                          for f in ("avx2", "avx2-int8")]}))
+    records = load_records(index)
+    gib = 1024**3
+    line = memory_warning("AVX2", "1024px", "float32", "none", 8 * gib, records)
+    assert "peaked at 9.00 GiB" in line and "8.00 GiB available" in line and "--quantize int8 peaked at 5.50 GiB" in line
+    assert "--quantize" not in memory_warning("AVX2", "1024px", "float32", "none", 5 * gib, records)  # nothing fits
+    assert memory_warning("AVX2", "1024px", "float32", "none", 16 * gib, records) is None  # it fits
+    assert memory_warning("AVX2", "1024px", "float32", "int8", None, records) is None  # unknown memory
+    assert memory_warning("AVX2", "tiny", "float32", "none", 1, records) is None  # nothing recorded
+    assert available_bytes() is None or available_bytes() > 0
+
+
 def test_the_recorded_runs_load_and_the_readmes_quote_them():
     from hart_edu.paths import REPO_ROOT
 
