@@ -556,9 +556,22 @@ def test_ctrl_c_while_generating_is_one_line_and_no_files(pristine, tmp_path, ca
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture
+def sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt during the test, as in a terminal. A test run started in the
+    background of a script (``make test &``) inherits SIGINT ignored, the shell's rule for
+    background jobs, and hart-edu rightly leaves an ignored SIGINT alone."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("at", [1, 2, 3])  # Ctrl-C as the 1st, 2nd, 3rd temporary file is created
 @pytest.mark.parametrize("earlier_run", [False, True])
-def test_ctrl_c_while_writing_leaves_no_temporary_file(pristine, tmp_path, capsys, monkeypatch, at, earlier_run):
+def test_ctrl_c_while_writing_leaves_no_temporary_file(pristine, tmp_path, capsys, monkeypatch, sigint_raises, at,
+                                                       earlier_run):
     """A real SIGINT sent while the outputs are written: held back until the file being
     written is complete, then every temporary file is removed (no ``.*.tmp``), no new folder
     stays, and an earlier run (--overwrite) stays as it was."""
@@ -682,7 +695,9 @@ def test_ctrl_c_sent_to_a_real_process_while_it_writes(pristine, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     argv = [sys.executable, "-m", "hart_edu", *generate(pristine, out, "--prompt", "w1", "--num-images", "64")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    # SIGINT at its default in the child, as from a terminal (a background test run ignores it)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir()):
@@ -701,7 +716,7 @@ def test_ctrl_c_sent_to_a_real_process_while_it_writes(pristine, tmp_path):
         assert left == sorted(["prompt.txt"] + [f"{i:06d}.png" for i in range(64)])
 
 
-def test_ctrl_c_during_the_final_renames_lets_the_run_finish(pristine, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_during_the_final_renames_lets_the_run_finish(pristine, tmp_path, capsys, monkeypatch, sigint_raises):
     """Once every file is complete the renames are the point of no return: a Ctrl-C then lets
     them finish and the run ends normally with every file (never a mix of old and new)."""
     import signal
