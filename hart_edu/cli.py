@@ -278,13 +278,11 @@ def _generate_pixels(args: argparse.Namespace, request, sampling, weights: Path,
 
     The low-memory path of ``hart-edu run-real``: the text encoder is freed once the prompts are
     encoded (one call), blocks of 16 MiB and more get their own mappings (hart_edu.memory;
-    unless ``MALLOC_MMAP_THRESHOLD_`` is set), and with ``--quantize int8`` the linear layers are
-    quantized right after loading and the KV cache is stored in bfloat16."""
+    unless ``MALLOC_MMAP_THRESHOLD_`` is set), and with ``--quantize int8`` each model's linear
+    layers are quantized as soon as it is loaded and the KV cache is stored in bfloat16."""
     import io
 
     from hart_edu.memory import map_large_blocks_unless_set
-    from hart_edu.quantize import quantize_pipeline_int8_
-
     from hart_edu.kernels.backend import triton_status
     from hart_edu.sampler import TREE_DEFAULT, HARTPipeline, grid_to_uint8, image_grid, uint8_to_pil
     from hart_edu.text_encoder import HART_SYSTEM_PROMPT
@@ -296,10 +294,8 @@ def _generate_pixels(args: argparse.Namespace, request, sampling, weights: Path,
         pipe = HARTPipeline.from_pretrained(
             weights, text_encoder=args.text_encoder, ema=args.ema, text_tokenizer=args.text_tokenizer,
             system_prompt={None: TREE_DEFAULT, True: HART_SYSTEM_PROMPT, False: None}[args.system_prompt],
-            backend=args.backend, dtype=dtype, release_text_encoder=True,
+            backend=args.backend, dtype=dtype, release_text_encoder=True, quantize=args.quantize,
         )
-    if args.quantize == "int8":
-        quantize_pipeline_int8_(pipe)
     out = pipe(
         request.prompts, cfg=request.cfg, top_k=request.top_k, top_p=request.top_p,
         more_smooth=sampling.more_smooth, seed=args.seed, residual=sampling.residual, greedy=sampling.greedy,

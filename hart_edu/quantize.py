@@ -67,6 +67,8 @@ __all__ = [
     "Int8Summary",
     "quantize_int8_",
     "quantize_pipeline_int8_",
+    "quantize_text_model_int8_",
+    "quantize_transformer_int8_",
     "INT8_KV_CACHE_DTYPE",
     "materialise_random_int8",
     "check_quantize",
@@ -205,27 +207,48 @@ def _linears(model: nn.Module, keep_float: Sequence[str]) -> tuple[list[tuple[nn
 
 @torch.no_grad()
 def quantize_int8_(model: nn.Module, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
-                   weight_only: bool = False) -> Int8Summary:
+                   weight_only: bool = False, from_bfloat16: bool = False) -> Int8Summary:
     """Swap every ``nn.Linear`` of the float32 ``model`` for an int8 one, in place (dynamic int8;
     weight-only with ``weight_only`` and where the owner reads ``.weight``), except layers whose
     attribute name is in ``keep_float``. Returns what changed. The model must be in eval mode
-    (inference only)."""
+    (inference only). ``from_bfloat16``: the model is bfloat16; each layer becomes float32 (an
+    exact conversion) right before it is quantized, one at a time, and the rest of the model
+    (embeddings, norms) float32 at the end: the float32 model's int8 layers without its float32
+    copy ever existing whole."""
     if model.training:
         raise ValueError("int8 layers are for inference: call model.eval() first")
     summary = Int8Summary()
     found, summary.kept_float = _linears(model, keep_float)
     for owner, attr, _ in found:
-        _swap(owner, attr, getattr(owner, attr), summary, weight_only)
+        linear = getattr(owner, attr)
+        _swap(owner, attr, linear.float() if from_bfloat16 else linear, summary, weight_only)
+    if from_bfloat16:
+        model.float()
     return summary
 
 
+def quantize_text_model_int8_(text_model: nn.Module) -> Int8Summary:
+    """``--quantize int8`` of the text encoder: weight-only (it runs once per call, so its speed
+    matters little, and its activations are not rounded: see the module's measurements). A
+    model loaded in bfloat16 from a bfloat16 checkpoint (what ``HARTPipeline.from_pretrained``
+    does under int8 when :func:`hart_edu.text_encoder.stored_float_dtypes` says so) gives the
+    same layers as its float32 load, at half the loading memory; the model ends float32."""
+    from_bfloat16 = next(text_model.parameters()).dtype == torch.bfloat16
+    return quantize_int8_(text_model, keep_float=(), weight_only=True, from_bfloat16=from_bfloat16)
+
+
+def quantize_transformer_int8_(transformer: nn.Module) -> Int8Summary:
+    """``--quantize int8`` of the HART transformer: dynamic int8, its logits ``head`` float32."""
+    return quantize_int8_(transformer)
+
+
 def quantize_pipeline_int8_(pipe) -> Int8Summary:
-    """``--quantize int8`` of a loaded :class:`~hart_edu.sampler.HARTPipeline`: the text encoder
-    weight-only (it runs once per call, so its speed matters little, and its activations are
-    not rounded: see the module's measurements), the transformer dynamic int8 (its logits
-    ``head`` float32), and the KV cache stored in :data:`INT8_KV_CACHE_DTYPE`."""
-    summary = quantize_int8_(pipe.text_encoder.model, keep_float=(), weight_only=True)
-    summary = summary.add(quantize_int8_(pipe.transformer))
+    """``--quantize int8`` of a loaded :class:`~hart_edu.sampler.HARTPipeline`: both models'
+    linear layers (:func:`quantize_text_model_int8_`, :func:`quantize_transformer_int8_`) and the
+    KV cache stored in :data:`INT8_KV_CACHE_DTYPE`. (``HARTPipeline.from_pretrained(...,
+    quantize="int8")`` does the same while loading, each model as soon as it is read, so that
+    their float32 weights are never in memory together.)"""
+    summary = quantize_text_model_int8_(pipe.text_encoder.model).add(quantize_transformer_int8_(pipe.transformer))
     pipe.kv_cache_dtype = INT8_KV_CACHE_DTYPE
     return summary
 

@@ -101,6 +101,7 @@ from hart_edu.text_encoder import (
     TextEncoding,
     check_prompts,
     read_text_encoder_pointer,
+    stored_float_dtypes,
 )
 
 
@@ -379,6 +380,7 @@ class HARTPipeline:
         dtype: torch.dtype = torch.float32,
         backend: str = "reference",
         release_text_encoder: bool = False,
+        quantize: str = "none",
     ) -> "HARTPipeline":
         """Load a HART tree: ``root/tokenizer``, ``root/llm`` (``ema_model.bin`` with ``ema``)
         and a text encoder (``text_encoder``, default ``root/text_encoder``; the released
@@ -397,11 +399,19 @@ class HARTPipeline:
         ``backend``: "reference" or "triton" (see :attr:`backend`).
         ``release_text_encoder``: free the text encoder after the first call's prompts are
         encoded (one call per pipeline, a lower peak; see the module's "Low memory").
+        ``quantize``: "int8" (float32 only) makes each model's linear layers int8 as soon as it
+        is loaded, the transformer before the text encoder is read, so their float32 weights
+        are never in memory together, and stores the KV cache in bfloat16 (the layers and
+        numbers of :func:`hart_edu.quantize.quantize_pipeline_int8_`).
         The tree's ``generation_config.json``, when there is one, becomes
         :attr:`generation_config`: the calls' sampling defaults (else the official ones; see
         :mod:`hart_edu.generation_config`). It is read, strictly, before any weights load.
         """
+        from hart_edu.quantize import (INT8_KV_CACHE_DTYPE, check_quantize, quantize_text_model_int8_,
+                                       quantize_transformer_int8_)
+
         check_dtype(dtype)
+        int8 = check_quantize(quantize, dtype) == "int8"
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"HART weights folder not found: {root}")
@@ -431,15 +441,22 @@ class HARTPipeline:
         tokenizer = HybridTokenizer.from_pretrained(root / "tokenizer").to(dtype)
         transformer = HARTTransformer.from_pretrained(root / "llm", ema=ema, tokenizer_folder=root / "tokenizer")
         transformer.to(dtype)
+        text_dtype = dtype
+        if int8:  # before the text encoder is read
+            quantize_transformer_int8_(transformer)
+            if stored_float_dtypes(text_folder) == {torch.bfloat16}:  # e.g. Qwen2-VL: read as it is stored
+                text_dtype = torch.bfloat16  # (half of float32's memory; quantized from the same numbers)
         encoder = TextEncoder.from_pretrained(
             text_folder,
             max_length=transformer.config.context_token,
             system_prompt=system_prompt,
             tokenizer_folder=text_tokenizer,
-            dtype=dtype,
+            dtype=text_dtype,
         )
+        if int8:
+            quantize_text_model_int8_(encoder.model)
         return cls(encoder, transformer, tokenizer, backend=backend, release_text_encoder=release_text_encoder,
-                   generation_config=generation_config)
+                   generation_config=generation_config, kv_cache_dtype=INT8_KV_CACHE_DTYPE if int8 else None)
 
     @property
     def device(self) -> torch.device:

@@ -66,6 +66,7 @@ __all__ = [
     "TextEncoder",
     "check_prompts",
     "load_text_model",
+    "stored_float_dtypes",
     "pad_token_ids",
     "context_mask",
     "context_position_ids",
@@ -306,6 +307,29 @@ def load_text_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> t
         raise CheckpointError(f"cannot load the text encoder from {folder}: {message}") from err
     check_text_model_finite(model, folder)
     return model.eval()
+
+
+def stored_float_dtypes(folder: str | Path) -> set[torch.dtype] | None:
+    """The dtypes of the floating-point tensors in a text encoder folder's safetensors files,
+    read from their headers (no tensor is loaded); None when the folder has other weight files
+    (``.bin``: their dtypes are only known once loaded) or none. Qwen2-VL ships bfloat16: a
+    model loaded in bfloat16 from such a folder holds the file's own numbers, which float32
+    represents exactly."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files or any(folder.glob("*.bin")):
+        return None
+    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+    dtypes: set[torch.dtype] = set()
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                name = f.get_slice(key).get_dtype()
+                if name in names:
+                    dtypes.add(names[name])
+    return dtypes
 
 
 def check_text_model_finite(model: torch.nn.Module, folder: str | Path) -> None:

@@ -291,3 +291,58 @@ def test_int8_of_a_loaded_pipeline_stores_the_kv_cache_in_bfloat16():
         type(pipe)(pipe.text_encoder, pipe.transformer, pipe.tokenizer, kv_cache_dtype=torch.int8)
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         pipe.kv_cache_dtype = "bfloat16"  # a name, not a torch.dtype
+
+
+def test_int8_while_loading_equals_int8_after_loading():
+    """HARTPipeline.from_pretrained(quantize="int8") quantizes each model as it is loaded (the
+    transformer before the text encoder is read): the same layers, cache dtype and image as
+    loading in float32 and calling quantize_pipeline_int8_ afterwards."""
+    from hart_edu.paths import TINY_WEIGHTS
+    from hart_edu.quantize import quantize_pipeline_int8_
+    from hart_edu.sampler import HARTPipeline
+
+    while_loading = HARTPipeline.from_pretrained(TINY_WEIGHTS, quantize="int8")
+    after = HARTPipeline.from_pretrained(TINY_WEIGHTS)
+    quantize_pipeline_int8_(after)
+    for a, b in ((while_loading.transformer, after.transformer),
+                 (while_loading.text_encoder.model, after.text_encoder.model)):
+        assert [type(m).__name__ for m in a.modules()] == [type(m).__name__ for m in b.modules()]
+    assert while_loading.kv_cache_dtype == after.kv_cache_dtype == torch.bfloat16
+    images = [p(["a red circle above a blue square"], seed=5, progress=False).image_B3HW
+              for p in (while_loading, after)]
+    assert torch.equal(*images)
+    with pytest.raises(ValueError, match="needs dtype float32"):
+        HARTPipeline.from_pretrained(TINY_WEIGHTS, dtype=torch.bfloat16, quantize="int8")
+
+
+def test_int8_reads_a_bfloat16_text_encoder_as_stored_and_gets_the_same_layers(golden_dir, tmp_path):
+    """Qwen2-VL ships bfloat16: under int8, from_pretrained reads such a text encoder in
+    bfloat16 (half the loading memory) and quantizes each layer from its exact float32 value,
+    so the pipeline equals loading everything in float32 and quantizing afterwards."""
+    import warnings as _warnings
+
+    from test_sampler import build_tiny_tree
+
+    from hart_edu.quantize import quantize_pipeline_int8_
+    from hart_edu.sampler import HARTPipeline
+    from hart_edu.text_encoder import load_text_model, stored_float_dtypes
+
+    tree = build_tiny_tree(golden_dir, tmp_path / "tree")
+    text = tree / "text_encoder"
+    assert stored_float_dtypes(text) == {torch.float32}
+    load_text_model(text).to(torch.bfloat16).save_pretrained(text)  # stored as the released one is
+    assert stored_float_dtypes(text) == {torch.bfloat16}
+    assert stored_float_dtypes(tree / "llm") is None  # .bin files: unknown until loaded
+    with _warnings.catch_warnings():
+        _warnings.filterwarnings("ignore", message="the system prompt has")
+        while_loading = HARTPipeline.from_pretrained(tree, quantize="int8")
+        after = HARTPipeline.from_pretrained(tree)
+    quantize_pipeline_int8_(after)
+    a, b = while_loading.text_encoder.model, after.text_encoder.model
+    assert {p.dtype for p in a.parameters()} == {torch.float32}
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    with _warnings.catch_warnings():
+        _warnings.filterwarnings("ignore", message="the system prompt has")
+        images = [p(["w1 w2"], seed=2, progress=False).image_B3HW for p in (while_loading, after)]
+    assert torch.equal(*images)
