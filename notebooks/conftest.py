@@ -28,6 +28,34 @@ def over_limit(seconds: dict[str, float], limit_s: float) -> dict[str, float]:
     return {path: s for path, s in seconds.items() if s > limit_s}
 
 
+_mpl_dir: str | None = None
+
+
+def pytest_configure(config):
+    """Matplotlib's font cache, built fresh in a folder of this session before any kernel starts.
+
+    nbval compares the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT``, stderr included. A
+    kernel that finds no usable font cache writes to stderr in the first cell that draws text
+    ("building the font cache", or "findfont: Font family ... not found" when the shared cache
+    in ~/.cache/matplotlib lists the fonts of a virtual environment since deleted). The kernels
+    inherit ``MPLCONFIGDIR`` from this process, which has built the cache there already."""
+    global _mpl_dir
+    if "MPLCONFIGDIR" in os.environ:
+        return
+    import tempfile
+
+    _mpl_dir = tempfile.mkdtemp(prefix="hart_edu_matplotlib_")
+    os.environ["MPLCONFIGDIR"] = _mpl_dir
+    import matplotlib.font_manager  # noqa: F401  (builds the cache now, here)
+
+
+def pytest_unconfigure(config):
+    if _mpl_dir is not None:
+        import shutil
+
+        shutil.rmtree(_mpl_dir, ignore_errors=True)
+
+
 def pytest_runtest_logreport(report):
     path = notebook_of(report.nodeid)
     if path is not None:
