@@ -89,6 +89,10 @@ def closest_records(records: list[Record], kind: str) -> list[Record]:
     return [r for r in records if r.kind == best.kind]
 
 
+def _same_setting(records: list[Record], dtype: str, quantize: str) -> list[Record]:
+    return [r for r in records if (r.dtype, r.quantize) == (dtype, quantize)]
+
+
 def comparison_line(total_seconds: float, peak_bytes: int, kind: str, size: str, dtype: str, quantize: str,
                     records: list[Record] | None = None) -> str:
     """One line: this run against the recorded run of ``size`` on the closest machine kind (the
@@ -100,8 +104,7 @@ def comparison_line(total_seconds: float, peak_bytes: int, kind: str, size: str,
     if not candidates:
         recorded = ", ".join(sorted({r.size for r in records}))
         return f"no recorded run of --size {size} to compare with (docs/cpu records {recorded})"
-    same = [r for r in candidates if (r.dtype, r.quantize) == (dtype, quantize)]
-    record = (same or candidates)[0]
+    record = (_same_setting(candidates, dtype, quantize) or candidates)[0]
     relation = "the same kind" if record.kind == kind else f"the closest kind to {kind}"
     return (f"compared with the recorded run on {relation}, {record.short()}: this run "
             f"{total_seconds:.1f} s (x{total_seconds / record.total_seconds:.2f}), "
@@ -116,7 +119,7 @@ def memory_warning(kind: str, size: str, dtype: str, quantize: str, available: i
     when nothing is recorded to judge by."""
     records = load_records() if records is None else records
     nearby = closest_records([r for r in records if r.size == size], kind)
-    same = [r for r in nearby if (r.dtype, r.quantize) == (dtype, quantize)]
+    same = _same_setting(nearby, dtype, quantize)
     if available is None or not same:
         return None
     peak = max(same, key=lambda r: r.peak_bytes)

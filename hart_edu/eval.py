@@ -27,11 +27,12 @@ drives a whole run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -295,6 +296,44 @@ def evaluate_across_ranks(make_generator: Callable[[torch.Generator], Generator]
     return EvalResult(score_images(images_B3HW, scenes), images_B3HW, list(scenes), time.time() - t0)
 
 
+@contextlib.contextmanager
+def output_file(folder: Path, name: str, written: list[str]) -> Iterator[Path]:
+    """A file of ``--out``, written whole or not at all (:func:`hart_edu.cli.atomic_output`);
+    the folder is made now, and ``name`` is added to ``written``."""
+    from hart_edu.cli import atomic_output
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written.append(name)
+    with atomic_output(folder / name) as tmp:
+        yield tmp
+
+
+def finish(args: argparse.Namespace, results: Sequence[EvalResult], report: dict, label: str,
+           earlier: Sequence[Path], written: list[str]) -> int:
+    """The end of every evaluation: the scores averaged over the seeds (``results``, one per
+    seed), overall and by shape count, printed as a table and the line; samples.png (the first
+    seed's images) and eval.json (``report`` completed) written; the earlier run's files that
+    this run did not replace removed (``--overwrite``)."""
+    first, scenes = results[0], results[0].scenes
+    scores = mean_scores(results)
+    by_count = [scores_by_shape_count(r) for r in results]
+    print_table(first, label, scores)
+    with output_file(args.out, "samples.png", written) as tmp:
+        save_grid(first.images_B3HW, scenes, tmp)
+    for count, name in ((1, "one_shape"), (2, "two_shape")):
+        report[name] = ({"n": sum(len(s.shapes) == count for s in scenes),
+                         "scores": mean_scores_of([b[count] for b in by_count])}
+                        if all(count in b for b in by_count) else None)
+    report.update({"scores": scores, "scores_per_seed": [r.scores for r in results],
+                   "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(first, scores)})
+    with output_file(args.out, "eval.json", written) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    remove_earlier_run(earlier, written)
+    print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
+    print(eval_line(first, scores))
+    return 0
+
+
 def main_across_ranks(args: argparse.Namespace, pipe, settings: GenerationConfig, scenes: list[Scene],
                       seeds: list[int], earlier: Sequence[Path] = ()) -> int:
     """``torchrun --nproc-per-node N -m hart_edu.eval ...``: the plain evaluation (the mean over
@@ -313,25 +352,11 @@ def main_across_ranks(args: argparse.Namespace, pipe, settings: GenerationConfig
             results = [evaluate_across_ranks(make, scenes, args.batch_size, seed, ranks) for seed in seeds]
         if not ranks.is_main:
             return 0
-        scores = mean_scores(results)
-        by_count = [scores_by_shape_count(r) for r in results]
         report: dict = {"weights": display_path(args.weights), "split": args.split, "n": args.n, "seeds": seeds,
                         "settings": settings.to_dict(), "ranks": ranks.world_size,
                         "generators": f"one per batch of {args.batch_size} captions, seeded seed * 1000003 + batch"}
-        for count, name in ((1, "one_shape"), (2, "two_shape")):
-            report[name] = ({"n": sum(len(s.shapes) == count for s in scenes),
-                             "scores": mean_scores_of([b[count] for b in by_count])}
-                            if all(count in b for b in by_count) else None)
-        report.update({"scores": scores, "scores_per_seed": [r.scores for r in results],
-                       "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(results[0], scores)})
-        args.out.mkdir(parents=True, exist_ok=True)
-        save_grid(results[0].images_B3HW, results[0].scenes, args.out / "samples.png")
-        (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-        remove_earlier_run(earlier, ["samples.png", "eval.json"])
-        print_table(results[0], f"{ranks.world_size} ranks, cfg={settings.cfg:g}, {len(seeds)} seed(s)", scores)
-        print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
-        print(eval_line(results[0], scores))
-        return 0
+        label = f"{ranks.world_size} ranks, cfg={settings.cfg:g}, {len(seeds)} seed(s)"
+        return finish(args, results, report, label, earlier, written=[])
 
     return run_main(job, "python -m hart_edu.eval")
 
@@ -432,8 +457,6 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[int], GenerationConf
     settings = read_generation_config(args.weights).override(
         cfg=args.cfg, residual=args.residual, more_smooth=args.more_smooth, top_k=args.top_k, top_p=args.top_p,
         greedy=args.greedy)
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a folder: give the folder for the grid, JSON and plots")
     earlier = check_output_folder(args.out, overwrite=args.overwrite, run_file=EVAL_FILE, writer="hart-edu eval",
                                   replaced="an earlier evaluation's " + ", ".join(EVAL_FILES))
     if args.choose_settings:  # the chosen settings go into the weights' generation_config.json
@@ -468,17 +491,11 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate as the options say (see the module docstring); bad input raises a ValueError or
     an OSError before the model loads, and the output folder is made only when a file is
     written to it (each file whole or not at all)."""
-    from hart_edu.cli import atomic_output
     from hart_edu.paths import display_path
 
     seeds, settings, earlier = check_arguments(args)
     written: list[str] = []
-
-    def output(name: str):
-        """A file of --out, written whole or not at all; the folder is made now."""
-        args.out.mkdir(parents=True, exist_ok=True)
-        written.append(name)
-        return atomic_output(args.out / name)
+    output = lambda name: output_file(args.out, name, written)  # noqa: E731
 
     from hart_edu.sampler import HARTPipeline
 
@@ -535,24 +552,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out / 'given_scales.png'}")
 
     results = [result] + [score(settings, seed=seed) for seed in seeds[1:]]
-    scores = mean_scores(results)
-    by_count = [scores_by_shape_count(r) for r in results]
     label = f"cfg={settings.cfg:g}, residual {'on' if settings.residual else 'off'}, {len(seeds)} seed(s)"
-    print_table(result, label, scores)
-    with output("samples.png") as tmp:
-        save_grid(result.images_B3HW, result.scenes, tmp)
-    for count, name in ((1, "one_shape"), (2, "two_shape")):
-        report[name] = ({"n": sum(len(s.shapes) == count for s in scenes),
-                         "scores": mean_scores_of([b[count] for b in by_count])}
-                        if all(count in b for b in by_count) else None)
-    report.update({"scores": scores, "scores_per_seed": [r.scores for r in results],
-                   "seconds": round(sum(r.seconds for r in results), 2), "line": eval_line(result, scores)})
-    with output("eval.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    remove_earlier_run(earlier, written)
-    print(f"wrote {args.out / 'samples.png'} and {args.out / 'eval.json'}")
-    print(eval_line(result, scores))
-    return 0
+    return finish(args, results, report, label, earlier, written)
 
 
 if __name__ == "__main__":
